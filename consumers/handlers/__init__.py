@@ -1,0 +1,1 @@
+"""Handlers of the built-in job types; importing this package binds them."""

@@ -1,0 +1,317 @@
+"""The ledger: an eventsourcing Application on PostgreSQL holding every job's events.
+
+The pure domain decides events; this module appends them atomically (many jobs
+per transaction when asked), maps the library's errors to ours, and reads
+histories back. It is synchronous, like the library: async callers go through
+a thread or a batching writer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.postgres import PostgresDatastore
+from psycopg import Connection
+from psycopg.rows import DictRow
+
+from ledger.database import connection_params
+from ledger.domain import job as domain
+from ledger.domain.errors import (
+    ConcurrencyConflict,
+    IdempotencyConflict,
+    JobNotFound,
+    QuotaExceeded,
+)
+from ledger.domain.events import JobEvent
+from ledger.domain.job import Job, JobSpec
+from ledger.domain.job_types import Registry
+from ledger.domain.status import Status
+from ledger.recorder import QUOTA_CONSTRAINT, UNLIMITED, IndexRow, LedgerRecorder, QuotaDelta
+from ledger.submission import job_id_for_key
+
+PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobLedger(Application[UUID]):
+    name = "jobledger"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """New events for one job: the state they start from and lead to."""
+
+    before: Job | None
+    after: Job
+    events: Sequence[JobEvent]
+    fingerprint: str | None = None
+    enforce_quota: bool = True
+
+
+def change(before: Job | None, events: Sequence[JobEvent], **kw: Any) -> Change:
+    return Change(before, domain.apply_all(before, events), events, **kw)
+
+
+class Ledger:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        registry: Registry,
+        active_limit: int = 50,
+        retry_delays_s: tuple[float, ...] | None = None,
+        create_tables: bool = False,
+        pool_size: int = 2,
+        max_overflow: int = 8,
+        clock: Clock = utc_now,
+    ) -> None:
+        params = connection_params(database_url)
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerRecorder",
+            "POSTGRES_DBNAME": params["dbname"],
+            "POSTGRES_HOST": params["host"],
+            "POSTGRES_PORT": params["port"],
+            "POSTGRES_USER": params["user"],
+            "POSTGRES_PASSWORD": params["password"],
+            "POSTGRES_POOL_SIZE": str(pool_size),
+            "POSTGRES_MAX_OVERFLOW": str(max_overflow),
+            "POSTGRES_CONNECT_TIMEOUT": "10",
+            "POSTGRES_LOCK_TIMEOUT": "30",
+            "CREATE_TABLE": "y" if create_tables else "n",
+        }
+        self.app = JobLedger(env=env)
+        recorder = self.app.recorder
+        assert isinstance(recorder, LedgerRecorder)
+        self.recorder = recorder
+        self.datastore: PostgresDatastore = recorder.datastore
+        self.registry = registry
+        self.active_limit = active_limit
+        self.retry_delays_s = retry_delays_s
+        self.clock = clock
+        self.events_table = recorder.events_table_name
+
+    def close(self) -> None:
+        self.app.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection[DictRow]]:
+        """A pooled connection to the ledger's database, for the ledger's own tables."""
+        with self.datastore.get_connection() as conn:
+            yield conn
+
+    # ------------------------------------------------------------ writing
+
+    def append(self, changes: Sequence[Change]) -> list[Job]:
+        """Append every change in one transaction: all land or none does."""
+        if not changes:
+            return []
+        changes = [*changes, *self._failure_notices(changes)]
+        events: list[JobEvent] = []
+        rows: list[IndexRow] = []
+        deltas: dict[str, int] = defaultdict(int)
+        checked: set[str] = set()
+        for c in changes:
+            events.extend(c.events)
+            rows.append(self._index_row(c))
+            was_active = c.before is not None and c.before.status.is_active
+            delta = int(c.after.status.is_active) - int(was_active)
+            deltas[c.after.org] += delta
+            if delta > 0 and c.enforce_quota:
+                checked.add(c.after.org)
+        quota: list[QuotaDelta] = [
+            (org, delta, self.active_limit if org in checked else UNLIMITED)
+            for org, delta in sorted(deltas.items())
+            if delta
+        ]
+        try:
+            self.app.save(*events, index_rows=rows, quota=quota)
+        except IntegrityError as e:
+            if QUOTA_CONSTRAINT in str(e):
+                org = next((o for o, d, lim in quota if d > 0 and lim != UNLIMITED), "?")
+                raise QuotaExceeded(org, self.active_limit) from None
+            raise ConcurrencyConflict([c.after.id for c in changes]) from None
+        return [c.after for c in changes]
+
+    def _index_row(self, c: Change) -> IndexRow:
+        job = c.after
+        due = job.next_attempt_at if job.status in (Status.SCHEDULED, Status.RETRYING) else None
+        lease = job.lease_until if job.status is Status.RUNNING else None
+        return (
+            job.id, job.org, job.type, job.status.value, PRIORITY_RANK[job.priority],
+            job.version, job.attempts, due, lease, job.cancel_requested, job.created_at,
+            job.updated_at, c.fingerprint,
+        )  # fmt: skip
+
+    def _failure_notices(self, changes: Sequence[Change]) -> list[Change]:
+        if "notify.send" not in self.registry:
+            return []
+        notices = []
+        for c in changes:
+            if c.before is not None and c.before.status is Status.FAILED:
+                continue
+            notice = domain.failure_notice(c.after)
+            if notice is None:
+                continue
+            notice_id, payload = notice
+            spec = self.spec_for("notify.send", c.after.org, payload)
+            events = domain.submit(notice_id, spec, c.after.updated_at)
+            notices.append(change(None, events, enforce_quota=False))
+        return notices
+
+    def spec_for(self, job_type: str, org: str, payload: dict[str, Any]) -> JobSpec:
+        """A spec with the type's defaults, for jobs the system submits itself."""
+        kind = self.registry.get(job_type)
+        return JobSpec(
+            org=org,
+            job_type=kind.name,
+            payload=kind.validate_payload(payload),
+            max_attempts=kind.policy(self.retry_delays_s).max_attempts,
+            timeout_s=kind.timeout_s,
+        )
+
+    def submit(
+        self, spec: JobSpec, *, fingerprint: str | None = None, job_id: UUID | None = None
+    ) -> tuple[Job, bool]:
+        """Append a new job; with an idempotency key, the existing job if there is one.
+
+        Returns the job and whether it was created now.
+        """
+        [(job, created)] = self.submit_many([(spec, fingerprint)], job_ids=[job_id])
+        return job, created
+
+    def submit_many(
+        self,
+        items: Sequence[tuple[JobSpec, str | None]],
+        *,
+        job_ids: Sequence[UUID | None] | None = None,
+    ) -> list[tuple[Job, bool]]:
+        """Submit all of them atomically; jobs whose key is already bound are returned."""
+        ids = list(job_ids or [None] * len(items))
+        for attempt in range(5):
+            now = self.clock()
+            results: list[tuple[Job, bool] | None] = []
+            new: list[Change] = []
+            for (spec, fingerprint), given_id in zip(items, ids, strict=True):
+                job_id = given_id or (
+                    job_id_for_key(spec.org, spec.idempotency_key)
+                    if spec.idempotency_key
+                    else uuid4()
+                )
+                existing = self._existing(job_id, spec, fingerprint)
+                if existing is not None:
+                    results.append((existing, False))
+                    continue
+                results.append(None)
+                new.append(change(None, domain.submit(job_id, spec, now), fingerprint=fingerprint))
+            try:
+                created = iter(self.append(new))
+            except ConcurrencyConflict:
+                if attempt == 4:
+                    raise
+                continue  # a racing submission bound a key first: answer with its job
+            return [r if r is not None else (next(created), True) for r in results]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _existing(self, job_id: UUID, spec: JobSpec, fingerprint: str | None) -> Job | None:
+        if spec.idempotency_key is None:
+            return None
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT body_hash FROM jl_jobs WHERE job_id = %s", (job_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        if row["body_hash"] != fingerprint or fingerprint is None:
+            raise IdempotencyConflict(spec.idempotency_key)
+        return self.load(job_id)
+
+    def execute(
+        self, job_id: UUID, decide: Callable[[Job], Sequence[JobEvent]], *, retries: int = 5
+    ) -> Job:
+        """Load, decide, append; on a concurrent change, decide again on fresh state."""
+        for attempt in range(retries):
+            job = self.load(job_id)
+            events = decide(job)
+            if not events:
+                return job
+            try:
+                [after, *_] = self.append([change(job, events)])
+            except ConcurrencyConflict:
+                if attempt == retries - 1:
+                    raise
+                continue
+            return after
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------ reading
+
+    def history(self, job_id: UUID) -> list[JobEvent]:
+        events = [e for e in self.app.events.get(job_id) if isinstance(e, JobEvent)]
+        if not events:
+            raise JobNotFound(job_id)
+        return events
+
+    def load(self, job_id: UUID) -> Job:
+        job = domain.fold(self.history(job_id))
+        assert job is not None
+        return job
+
+    def load_many(self, job_ids: Sequence[UUID]) -> dict[UUID, Job]:
+        """Many jobs in one query; ids without events are left out."""
+        if not job_ids:
+            return {}
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT originator_id, originator_version, topic, state "  # noqa: S608
+                f"FROM {self.events_table} WHERE originator_id = ANY(%s) "
+                "ORDER BY originator_id, originator_version",
+                (list(job_ids),),
+            ).fetchall()
+        jobs: dict[UUID, Job] = {}
+        for row in rows:
+            event = self.app.mapper.to_domain_event(
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+            )
+            assert isinstance(event, JobEvent)
+            jobs[event.originator_id] = domain.evolve(jobs.get(event.originator_id), event)
+        return jobs
+
+    def state_at(self, job_id: UUID, at: datetime) -> Job:
+        """The job as it was at `at`: the fold of its events recorded up to then."""
+        job = domain.fold_until(self.history(job_id), at)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def read_log(self, after: int, limit: int = 1000) -> list[tuple[int, JobEvent]]:
+        """Events in commit order after position `after` (positions may have gaps)."""
+        notifications = self.recorder.select_notifications(
+            start=after, limit=limit, inclusive_of_start=False
+        )
+        out = []
+        for n in notifications:
+            event = self.app.mapper.to_domain_event(n)
+            assert isinstance(event, JobEvent)
+            out.append((n.id, event))
+        return out
+
+    def max_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
