@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _die(str(e))
     except KeyboardInterrupt:
         code = 130
-    except Exception as e:  # noqa: BLE001  (the last line of defence: no tracebacks)
+    except Exception as e:
         _die(_describe(e))
     raise SystemExit(code)
 

@@ -4,22 +4,73 @@ Other packages use what is named here; `ledger` imports none of them.
 """
 
 from ledger.database import ensure_database
-from ledger.domain import *  # noqa: F403
-from ledger.domain import __all__ as _domain_all
+from ledger.domain import (
+    EVENT_TYPES,
+    TRANSITIONS,
+    ConcurrencyConflict,
+    IdempotencyConflict,
+    InvalidJob,
+    InvalidTransition,
+    Job,
+    JobEvent,
+    JobledgerError,
+    JobNotFound,
+    JobSpec,
+    JobType,
+    NonRetryableError,
+    Payload,
+    QuotaExceeded,
+    Registry,
+    RetryPolicy,
+    Status,
+    as_document,
+    event_document,
+    evolve,
+    fold,
+    from_snapshot,
+    registry,
+    to_snapshot,
+)
+from ledger.domain import job as commands
 from ledger.settings import Settings
 from ledger.store import Change, Ledger, change, utc_now
 from ledger.submission import Submission, check_org, job_id_for_key, to_spec
 
 __all__ = [
-    *_domain_all,
+    "EVENT_TYPES",
+    "TRANSITIONS",
     "Change",
+    "ConcurrencyConflict",
+    "IdempotencyConflict",
+    "InvalidJob",
+    "InvalidTransition",
+    "Job",
+    "JobEvent",
+    "JobNotFound",
+    "JobSpec",
+    "JobType",
+    "JobledgerError",
     "Ledger",
+    "NonRetryableError",
+    "Payload",
+    "QuotaExceeded",
+    "Registry",
+    "RetryPolicy",
     "Settings",
+    "Status",
     "Submission",
+    "as_document",
     "change",
     "check_org",
+    "commands",
     "ensure_database",
+    "event_document",
+    "evolve",
+    "fold",
+    "from_snapshot",
     "job_id_for_key",
+    "registry",
+    "to_snapshot",
     "to_spec",
     "utc_now",
 ]

@@ -79,12 +79,12 @@ class LedgerRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(self.datastore.schema)
-        self.sql_create_statements.append(SQL(CREATE_JOBS).format(schema=schema))  # type: ignore[arg-type]
+        self.sql_create_statements.append(SQL(CREATE_JOBS).format(schema=schema))
         for statement in CREATE_JOBS_INDEXES:
-            self.sql_create_statements.append(SQL(statement).format(schema=schema))  # type: ignore[arg-type]
-        self.sql_create_statements.append(SQL(CREATE_QUOTA).format(schema=schema))  # type: ignore[arg-type]
-        self.upsert_quota = SQL(UPSERT_QUOTA).format(schema=schema)  # type: ignore[arg-type]
-        self.upsert_job = SQL(UPSERT_JOB).format(schema=schema)  # type: ignore[arg-type]
+            self.sql_create_statements.append(SQL(statement).format(schema=schema))
+        self.sql_create_statements.append(SQL(CREATE_QUOTA).format(schema=schema))
+        self.upsert_quota = SQL(UPSERT_QUOTA).format(schema=schema)
+        self.upsert_job = SQL(UPSERT_JOB).format(schema=schema)
 
     def _insert_events(
         self,

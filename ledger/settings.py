@@ -22,6 +22,11 @@ class Settings(BaseSettings):
         "postgresql://localhost:5432/jobledger", validation_alias=_alias("DATABASE_URL")
     )
     redis_url: str = Field("redis://localhost:6379/0", validation_alias=_alias("REDIS_URL"))
+    redis_prefix: str = Field(
+        "jl",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        validation_alias=_alias("JOBLEDGER_REDIS_PREFIX"),
+    )
     active_limit: int = Field(50, ge=1, validation_alias=_alias("JOBLEDGER_ACTIVE_LIMIT"))
     worker_concurrency: int = Field(
         100, ge=1, le=10_000, validation_alias=_alias("JOBLEDGER_WORKER_CONCURRENCY")

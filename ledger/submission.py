@@ -15,8 +15,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from ledger.domain.job import JobSpec
 from ledger.domain.errors import InvalidJob
+from ledger.domain.job import JobSpec
 from ledger.domain.job_types import Registry
 
 MAX_DELAY_S = 31_536_000
@@ -97,7 +97,8 @@ def check_org(org: str) -> str:
     """Organisation names are short slugs: they appear in keys, logs and URLs."""
     if not ORG_PATTERN.match(org):
         raise InvalidJob(
-            f"invalid organisation {org!r}: use 1-63 of a-z 0-9 . _ - (starting with a letter or digit)",
+            f"invalid organisation {org!r}: "
+            "use 1-63 of a-z 0-9 . _ -, starting with a letter or digit",
             [{"loc": ["org"], "msg": "invalid organisation name", "type": "value_error"}],
         )
     return org

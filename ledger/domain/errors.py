@@ -1,13 +1,13 @@
 """The domain's exceptions, one root for everything jobledger raises on purpose.
 
-    JobledgerError
-    ├── JobNotFound            no such job (or not visible to this organisation)
-    ├── InvalidTransition      a command that the job's status does not allow
-    ├── ConcurrencyConflict    another writer appended to the job first
-    ├── QuotaExceeded          the organisation is at its active-job limit
-    ├── IdempotencyConflict    a reused idempotency key with a different body
-    ├── InvalidJob             unknown type, invalid payload or a bad option
-    └── NonRetryableError      raised by a handler: fail the job at once
+JobledgerError
+├── JobNotFound            no such job (or not visible to this organisation)
+├── InvalidTransition      a command that the job's status does not allow
+├── ConcurrencyConflict    another writer appended to the job first
+├── QuotaExceeded          the organisation is at its active-job limit
+├── IdempotencyConflict    a reused idempotency key with a different body
+├── InvalidJob             unknown type, invalid payload or a bad option
+└── NonRetryableError      raised by a handler: fail the job at once
 """
 
 from __future__ import annotations
@@ -55,9 +55,7 @@ class QuotaExceeded(JobledgerError):
 
 class IdempotencyConflict(JobledgerError):
     def __init__(self, key: str) -> None:
-        super().__init__(
-            f"idempotency key {key!r} is already bound to a job with a different body"
-        )
+        super().__init__(f"idempotency key {key!r} is already bound to a job with a different body")
         self.key = key
 
 

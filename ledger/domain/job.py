@@ -87,7 +87,7 @@ class Job:
 # ---------------------------------------------------------------- evolve
 
 
-def evolve(job: Job | None, event: JobEvent) -> Job:
+def evolve(job: Job | None, event: JobEvent) -> Job:  # noqa: PLR0911  (one case per event)
     """Apply one recorded event. Never raises for a well-formed history."""
     at = event.timestamp
     version = event.originator_version

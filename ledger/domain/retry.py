@@ -50,9 +50,7 @@ class RetryPolicy:
         self, job_id: UUID, attempt: int, attempt_in_budget: int, failed_at: datetime
     ) -> datetime:
         base = self.delay_s(attempt_in_budget)
-        return failed_at + timedelta(
-            seconds=base * (1 + self.jitter_fraction(job_id, attempt))
-        )
+        return failed_at + timedelta(seconds=base * (1 + self.jitter_fraction(job_id, attempt)))
 
     def is_retryable(self, error_type: str, retryable: bool) -> bool:
         return retryable and error_type not in self.non_retryable

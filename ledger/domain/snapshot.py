@@ -16,8 +16,15 @@ from ledger.domain.job import Job
 from ledger.domain.status import Status
 
 _DATETIMES = frozenset(
-    {"created_at", "run_at", "updated_at", "lease_until", "started_at", "finished_at",
-     "next_attempt_at"}
+    {
+        "created_at",
+        "run_at",
+        "updated_at",
+        "lease_until",
+        "started_at",
+        "finished_at",
+        "next_attempt_at",
+    }
 )
 _FIELDS = tuple(f.name for f in fields(Job))
 

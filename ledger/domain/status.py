@@ -31,9 +31,7 @@ TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.SCHEDULED: frozenset({Status.QUEUED, Status.CANCELLED}),
     Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED}),
-    Status.RUNNING: frozenset(
-        {Status.SUCCEEDED, Status.RETRYING, Status.FAILED, Status.CANCELLED}
-    ),
+    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.RETRYING, Status.FAILED, Status.CANCELLED}),
     Status.RETRYING: frozenset({Status.QUEUED, Status.CANCELLED}),
     Status.SUCCEEDED: frozenset(),
     Status.FAILED: frozenset({Status.QUEUED}),
