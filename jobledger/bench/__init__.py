@@ -1,0 +1,1 @@
+"""`jobledger bench`: the project's own benchmarks, one module per area."""
