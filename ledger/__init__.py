@@ -32,6 +32,7 @@ from ledger.domain import (
     to_snapshot,
 )
 from ledger.domain import job as commands
+from ledger.leader import Leadership, lock_key
 from ledger.settings import Settings
 from ledger.store import Change, Ledger, change, utc_now
 from ledger.submission import Submission, check_org, job_id_for_key, to_spec
@@ -50,6 +51,7 @@ __all__ = [
     "JobSpec",
     "JobType",
     "JobledgerError",
+    "Leadership",
     "Ledger",
     "NonRetryableError",
     "Payload",
@@ -69,6 +71,7 @@ __all__ = [
     "fold",
     "from_snapshot",
     "job_id_for_key",
+    "lock_key",
     "registry",
     "to_snapshot",
     "to_spec",
