@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from psycopg import Cursor
-from psycopg.rows import DictRow
+from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
 QUOTA_CONSTRAINT = "jl_quota_within_limit"
@@ -54,22 +53,51 @@ CREATE TABLE IF NOT EXISTS {schema}.jl_quota (
     CONSTRAINT jl_quota_within_limit CHECK (active <= lim)
 )
 """
-UPSERT_QUOTA = """
-INSERT INTO {schema}.jl_quota AS q (org, active, lim) VALUES (%s, %s, %s)
-ON CONFLICT (org) DO UPDATE SET
-    active = q.active + EXCLUDED.active,
-    lim = CASE WHEN EXCLUDED.active > 0 THEN EXCLUDED.lim
-               ELSE GREATEST(q.lim, q.active + EXCLUDED.active) END
+
+# One statement, one round trip, one transaction: lock, quota, index, notify, events.
+# Round trips cost far more than SQL here, and the library's pipelined
+# transaction takes a dozen of them per save.
+CREATE_APPEND_FUNCTION = """
+CREATE OR REPLACE FUNCTION {schema}.jl_append(
+    events {schema}.{event_type}[],
+    j_ids uuid[], j_orgs text[], j_types text[], j_status text[], j_prio smallint[],
+    j_version integer[], j_attempts integer[], j_due timestamptz[], j_lease timestamptz[],
+    j_cancel boolean[], j_created timestamptz[], j_updated timestamptz[], j_hash text[],
+    q_orgs text[], q_deltas integer[], q_limits integer[]
+) RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$
+BEGIN
+    SET LOCAL lock_timeout = '30s';
+    LOCK TABLE {schema}.{events} IN EXCLUSIVE MODE;
+    IF cardinality(q_orgs) > 0 THEN
+        INSERT INTO {schema}.jl_quota AS q (org, active, lim)
+        SELECT * FROM unnest(q_orgs, q_deltas, q_limits)
+        ON CONFLICT (org) DO UPDATE SET
+            active = q.active + EXCLUDED.active,
+            lim = CASE WHEN EXCLUDED.active > 0 THEN EXCLUDED.lim
+                       ELSE GREATEST(q.lim, q.active + EXCLUDED.active) END;
+    END IF;
+    INSERT INTO {schema}.jl_jobs AS j (job_id, org, job_type, status, priority, version,
+        attempts, due_at, lease_until, cancel_requested, created_at, updated_at, body_hash)
+    SELECT * FROM unnest(j_ids, j_orgs, j_types, j_status, j_prio, j_version, j_attempts,
+        j_due, j_lease, j_cancel, j_created, j_updated, j_hash)
+    ON CONFLICT (job_id) DO UPDATE SET
+        status = EXCLUDED.status, version = EXCLUDED.version, attempts = EXCLUDED.attempts,
+        due_at = EXCLUDED.due_at, lease_until = EXCLUDED.lease_until,
+        cancel_requested = EXCLUDED.cancel_requested, updated_at = EXCLUDED.updated_at;
+    NOTIFY {channel};
+    RETURN QUERY INSERT INTO {schema}.{events} (originator_id, originator_version, topic, state)
+        SELECT originator_id, originator_version, topic, state FROM unnest(events)
+        RETURNING notification_id;
+END;
+$BODY$
 """
-UPSERT_JOB = """
-INSERT INTO {schema}.jl_jobs AS j (job_id, org, job_type, status, priority, version,
-    attempts, due_at, lease_until, cancel_requested, created_at, updated_at, body_hash)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (job_id) DO UPDATE SET
-    status = EXCLUDED.status, version = EXCLUDED.version, attempts = EXCLUDED.attempts,
-    due_at = EXCLUDED.due_at, lease_until = EXCLUDED.lease_until,
-    cancel_requested = EXCLUDED.cancel_requested, updated_at = EXCLUDED.updated_at
+CALL_APPEND = """
+SELECT * FROM {schema}.jl_append(%s, %s::uuid[], %s::text[], %s::text[], %s::text[],
+    %s::smallint[], %s::integer[], %s::integer[], %s::timestamptz[], %s::timestamptz[],
+    %s::boolean[], %s::timestamptz[], %s::timestamptz[], %s::text[],
+    %s::text[], %s::integer[], %s::integer[]) AS notification_id
 """
+INDEX_COLUMNS = 13
 
 IndexRow = tuple[Any, ...]
 QuotaDelta = tuple[str, int, int]  # org, change in active jobs, limit to check
@@ -83,23 +111,39 @@ class LedgerRecorder(PostgresApplicationRecorder):
         for statement in CREATE_JOBS_INDEXES:
             self.sql_create_statements.append(SQL(statement).format(schema=schema))
         self.sql_create_statements.append(SQL(CREATE_QUOTA).format(schema=schema))
-        self.upsert_quota = SQL(UPSERT_QUOTA).format(schema=schema)
-        self.upsert_job = SQL(UPSERT_JOB).format(schema=schema)
+        self.sql_create_statements.append(
+            SQL(CREATE_APPEND_FUNCTION).format(
+                schema=schema,
+                event_type=Identifier(self.stored_event_type_name),
+                events=Identifier(self.events_table_name),
+                channel=Identifier(self.channel_name),
+            )
+        )
+        self.call_append = SQL(CALL_APPEND).format(schema=schema)
 
-    def _insert_events(
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
         self,
-        curs: Cursor[DictRow],
         stored_events: Sequence[StoredEvent],
         *,
         index_rows: Sequence[IndexRow] = (),
         quota: Sequence[QuotaDelta] = (),
         **kwargs: Any,
-    ) -> None:
-        if not index_rows and not quota:
-            return
-        # Take the insert lock first, so the quota sees every earlier commit.
-        self._lock_table(curs)
-        for org, delta, limit in quota:
-            curs.execute(self.upsert_quota, (org, delta, limit), prepare=True)
-        if index_rows:
-            curs.executemany(self.upsert_job, index_rows)
+    ) -> Sequence[int] | None:
+        """Insert events, job index rows and quota changes in one transaction.
+
+        The events-table lock is taken before the quota is checked, so the
+        check sees every earlier commit, and insert order stays commit order
+        for readers tailing the notification log.
+        """
+        events = [
+            self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
+            for e in stored_events
+        ]
+        index_columns = [list(c) for c in zip(*index_rows, strict=True)] or [
+            [] for _ in range(INDEX_COLUMNS)
+        ]
+        quota_columns = [list(c) for c in zip(*quota, strict=True)] or [[], [], []]
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.call_append, (events, *index_columns, *quota_columns), prepare=True)
+            return [row["notification_id"] for row in curs.fetchall()]
