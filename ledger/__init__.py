@@ -34,12 +34,14 @@ from ledger.domain import (
 from ledger.domain import job as commands
 from ledger.leader import Leadership, lock_key
 from ledger.settings import Settings
-from ledger.store import Change, Ledger, change, utc_now
+from ledger.store import Change, Ledger, PreparedSubmissions, change, utc_now
 from ledger.submission import Submission, check_org, job_id_for_key, to_spec
+from ledger.writer import BatchWriter
 
 __all__ = [
     "EVENT_TYPES",
     "TRANSITIONS",
+    "BatchWriter",
     "Change",
     "ConcurrencyConflict",
     "IdempotencyConflict",
@@ -55,6 +57,7 @@ __all__ = [
     "Ledger",
     "NonRetryableError",
     "Payload",
+    "PreparedSubmissions",
     "QuotaExceeded",
     "Registry",
     "RetryPolicy",

@@ -64,6 +64,19 @@ def change(before: Job | None, events: Sequence[JobEvent], **kw: Any) -> Change:
     return Change(before, domain.apply_all(before, events), events, **kw)
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedSubmissions:
+    """Submissions decided but not yet appended: `found` holds jobs already bound to a key."""
+
+    found: Sequence[Job | None]
+    changes: Sequence[Change]
+
+    def results(self, created: Sequence[Job]) -> list[tuple[Job, bool]]:
+        """Pair each submission with its job, and whether it was created now."""
+        new = iter(created)
+        return [(job, False) if job is not None else (next(new), True) for job in self.found]
+
+
 class Ledger:
     def __init__(
         self,
@@ -118,6 +131,11 @@ class Ledger:
         """Append every change in one transaction: all land or none does."""
         if not changes:
             return []
+        ids = [c.after.id for c in changes]
+        if len(set(ids)) != len(ids):
+            # Two changes to one job in one transaction were decided from the
+            # same state; at most one of them can be right.
+            raise ConcurrencyConflict([i for i in ids if ids.count(i) > 1])
         changes = [*changes, *self._failure_notices(changes)]
         events: list[JobEvent] = []
         rows: list[IndexRow] = []
@@ -199,31 +217,37 @@ class Ledger:
         job_ids: Sequence[UUID | None] | None = None,
     ) -> list[tuple[Job, bool]]:
         """Submit all of them atomically; jobs whose key is already bound are returned."""
-        ids = list(job_ids or [None] * len(items))
         for attempt in range(5):
-            now = self.clock()
-            results: list[tuple[Job, bool] | None] = []
-            new: list[Change] = []
-            for (spec, fingerprint), given_id in zip(items, ids, strict=True):
-                job_id = given_id or (
-                    job_id_for_key(spec.org, spec.idempotency_key)
-                    if spec.idempotency_key
-                    else uuid4()
-                )
-                existing = self._existing(job_id, spec, fingerprint)
-                if existing is not None:
-                    results.append((existing, False))
-                    continue
-                results.append(None)
-                new.append(change(None, domain.submit(job_id, spec, now), fingerprint=fingerprint))
+            prepared = self.prepare_submissions(items, job_ids)
             try:
-                created = iter(self.append(new))
+                created = self.append(prepared.changes)
             except ConcurrencyConflict:
                 if attempt == 4:
                     raise
                 continue  # a racing submission bound a key first: answer with its job
-            return [r if r is not None else (next(created), True) for r in results]
+            return prepared.results(created)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def prepare_submissions(
+        self,
+        items: Sequence[tuple[JobSpec, str | None]],
+        job_ids: Sequence[UUID | None] | None = None,
+    ) -> PreparedSubmissions:
+        """The changes that submit these jobs, and the jobs their keys already name."""
+        now = self.clock()
+        ids = list(job_ids or [None] * len(items))
+        found: list[Job | None] = []
+        changes: list[Change] = []
+        for (spec, fingerprint), given_id in zip(items, ids, strict=True):
+            job_id = given_id or (
+                job_id_for_key(spec.org, spec.idempotency_key) if spec.idempotency_key else uuid4()
+            )
+            existing = self._existing(job_id, spec, fingerprint)
+            found.append(existing)
+            if existing is None:
+                events = domain.submit(job_id, spec, now)
+                changes.append(change(None, events, fingerprint=fingerprint))
+        return PreparedSubmissions(found, changes)
 
     def _existing(self, job_id: UUID, spec: JobSpec, fingerprint: str | None) -> Job | None:
         if spec.idempotency_key is None:

@@ -1,0 +1,125 @@
+"""The batch writer: many callers, few transactions, each caller its own outcome."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from ledger import (
+    BatchWriter,
+    Change,
+    ConcurrencyConflict,
+    Job,
+    Ledger,
+    QuotaExceeded,
+    change,
+    utc_now,
+)
+from ledger.domain import job as commands
+from tests.factories import a_spec
+
+
+def _submit_one(ledger: Ledger, **overrides: object) -> Job:
+    job, _ = ledger.submit(a_spec(**overrides))
+    return job
+
+
+def test_concurrent_appends_land_in_fewer_transactions_than_callers(ledger: Ledger) -> None:
+    jobs = [_submit_one(ledger, org=f"org{i % 5}") for i in range(60)]
+    transactions = 0
+    append = ledger.append
+
+    def counting_append(changes: list[Change]) -> list[Job]:
+        nonlocal transactions
+        transactions += 1
+        return append(changes)
+
+    ledger.append = counting_append  # type: ignore[method-assign]
+
+    async def main() -> list[Job]:
+        started: list[Job] = []
+        async with BatchWriter(ledger) as writer:
+
+            async def start(job: Job) -> None:
+                events = commands.start_attempt(job, "w1", 30, utc_now())
+                started.extend(await writer.append([change(job, events)]))
+
+            async with anyio.create_task_group() as tg:
+                for job in jobs:
+                    tg.start_soon(start, job)
+        return started
+
+    started = anyio.run(main)
+    assert sorted(j.id for j in started) == sorted(j.id for j in jobs)
+    assert all(ledger.load(j.id).status == "running" for j in jobs)
+    assert transactions < len(jobs) / 2
+
+
+def test_one_callers_conflict_does_not_fail_the_others_in_its_batch(ledger: Ledger) -> None:
+    contested = _submit_one(ledger)
+    others = [_submit_one(ledger) for _ in range(20)]
+    outcomes: dict[str, int] = {"ok": 0, "conflict": 0}
+
+    async def main() -> None:
+        async with BatchWriter(ledger) as writer:
+
+            async def start(job: Job, worker: str) -> None:
+                try:
+                    await writer.append(
+                        [change(job, commands.start_attempt(job, worker, 30, utc_now()))]
+                    )
+                except ConcurrencyConflict:
+                    outcomes["conflict"] += 1
+                else:
+                    outcomes["ok"] += 1
+
+            async with anyio.create_task_group() as tg:
+                for k in range(5):
+                    tg.start_soon(start, contested, f"racer{k}")
+                for job in others:
+                    tg.start_soon(start, job, "w")
+
+    anyio.run(main)
+    assert outcomes == {"ok": 21, "conflict": 4}
+    assert all(ledger.load(j.id).status == "running" for j in others)
+    starts = [e for e in ledger.history(contested.id) if e.TYPE == "attempt_started"]
+    assert len(starts) == 1
+
+
+def test_quota_refusal_reaches_only_the_caller_over_the_limit(ledger: Ledger) -> None:
+    ledger.active_limit = 3
+    results: list[str] = []
+
+    async def main() -> None:
+        async with BatchWriter(ledger) as writer:
+
+            async def submit(org: str) -> None:
+                try:
+                    await writer.submit_many([(a_spec(org=org), None)])
+                except QuotaExceeded:
+                    results.append(f"{org}:429")
+                else:
+                    results.append(f"{org}:ok")
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(submit, "small")
+                for _ in range(3):
+                    tg.start_soon(submit, "other")
+
+    anyio.run(main)
+    assert sorted(results) == sorted(["small:ok"] * 3 + ["small:429"] * 2 + ["other:ok"] * 3)
+
+
+def test_a_failed_commit_reaches_every_caller_and_nothing_is_written(ledger: Ledger) -> None:
+    job = _submit_one(ledger)
+    stale = commands.start_attempt(job, "w", 30, utc_now())
+    ledger.append([change(job, stale)])
+
+    async def main() -> None:
+        async with BatchWriter(ledger) as writer:
+            with pytest.raises(ConcurrencyConflict):
+                await writer.append([change(job, stale)])
+
+    anyio.run(main)
+    assert [e.TYPE for e in ledger.history(job.id)] == ["submitted", "queued", "attempt_started"]
