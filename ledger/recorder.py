@@ -92,10 +92,10 @@ END;
 $BODY$
 """
 CALL_APPEND = """
-SELECT * FROM {schema}.jl_append(%s, %s::uuid[], %s::text[], %s::text[], %s::text[],
-    %s::smallint[], %s::integer[], %s::integer[], %s::timestamptz[], %s::timestamptz[],
-    %s::boolean[], %s::timestamptz[], %s::timestamptz[], %s::text[],
-    %s::text[], %s::integer[], %s::integer[]) AS notification_id
+SELECT * FROM {schema}.jl_append(%b, %b::uuid[], %b::text[], %b::text[], %b::text[],
+    %b::smallint[], %b::integer[], %b::integer[], %b::timestamptz[], %b::timestamptz[],
+    %b::boolean[], %b::timestamptz[], %b::timestamptz[], %b::text[],
+    %b::text[], %b::integer[], %b::integer[]) AS notification_id
 """
 INDEX_COLUMNS = 13
 

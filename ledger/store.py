@@ -155,7 +155,7 @@ class Ledger:
             if delta
         ]
         try:
-            self.app.save(*events, index_rows=rows, quota=quota)
+            self.app.events.put(events, index_rows=rows, quota=quota)
         except IntegrityError as e:
             if QUOTA_CONSTRAINT in str(e):
                 org = next((o for o, d, lim in quota if d > 0 and lim != UNLIMITED), "?")
