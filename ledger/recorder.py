@@ -82,7 +82,13 @@ BEGIN
         j_due, j_lease, j_cancel, j_created, j_updated, j_hash)
     ON CONFLICT (job_id) DO UPDATE SET
         status = EXCLUDED.status, version = EXCLUDED.version, attempts = EXCLUDED.attempts,
-        due_at = EXCLUDED.due_at, lease_until = EXCLUDED.lease_until,
+        due_at = EXCLUDED.due_at,
+        -- a worker renews its lease in this row; an event of the same attempt
+        -- (a cancel request) must not turn the clock back
+        lease_until = CASE WHEN EXCLUDED.status = 'running' AND j.status = 'running'
+                                AND EXCLUDED.attempts = j.attempts
+                           THEN GREATEST(j.lease_until, EXCLUDED.lease_until)
+                           ELSE EXCLUDED.lease_until END,
         cancel_requested = EXCLUDED.cancel_requested, updated_at = EXCLUDED.updated_at;
     NOTIFY {channel};
     RETURN QUERY INSERT INTO {schema}.{events} (originator_id, originator_version, topic, state)
