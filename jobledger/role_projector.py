@@ -1,4 +1,4 @@
-"""Sub-commands of this area (filled in by the area's owner)."""
+"""The projector's sub-commands: `jobledger projector` and `jobledger rebuild`."""
 
 from __future__ import annotations
 
@@ -16,4 +16,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def migrate(settings: Settings) -> None:
-    """Create this area's tables; safe to repeat."""
+    """Create the projection views and their tracking row; safe to repeat."""
+    import psycopg
+
+    from projections import create_views
+
+    with psycopg.connect(settings.database_url) as conn:
+        create_views(conn)
