@@ -1,0 +1,197 @@
+"""The dispatcher: follows the ledger and publishes one stream message per job that became runnable.
+
+It reads the ledger's notification log (commit order) in pages, picks the
+`queued` events, loads those jobs' current state and XADDs their snapshots.
+Its position is stored only after the XADD, so a crash between an append and
+its publish loses nothing: the restarted dispatcher reads the page again and
+publishes it again. A duplicate message is harmless: the worker's append of
+the attempt start fails on the job's version and the message is dropped.
+
+PostgreSQL's LISTEN/NOTIFY on the events table's channel wakes it at once;
+a slow fallback poll covers a lost listening connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import anyio
+import psycopg
+import structlog
+from eventsourcing.utils import get_topic
+from psycopg import sql
+from psycopg.rows import DictRow
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from consumers.streams import Streams
+from ledger import EVENT_TYPES, Job, Ledger, Status
+
+log = structlog.get_logger("jobledger.dispatcher")
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+QUEUED_TOPIC = get_topic(EVENT_TYPES["queued"])
+
+CREATE_POSITION = """
+CREATE TABLE IF NOT EXISTS jl_dispatch_position (
+    name text PRIMARY KEY,
+    position bigint NOT NULL
+)
+"""
+SELECT_POSITION = "SELECT position FROM jl_dispatch_position WHERE name = %s"
+STORE_POSITION = """
+INSERT INTO jl_dispatch_position (name, position) VALUES (%s, %s)
+ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position
+"""
+# Only ids and topics: the dispatcher never decodes events it does not need.
+SELECT_PAGE = """
+SELECT notification_id, originator_id, topic FROM {table}
+WHERE notification_id > %s ORDER BY notification_id LIMIT %s
+"""
+
+
+class Wakeup:
+    """A flag that any number of notifications set and one waiter clears."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait until set or `timeout_s` passed; True if set. Clears the flag."""
+        woken = False
+        with anyio.move_on_after(max(timeout_s, 0.0)):
+            await self._event.wait()
+            woken = True
+        woken = woken or self._event.is_set()
+        if woken:
+            self._event = anyio.Event()
+        return woken
+
+
+class LedgerListener:
+    """LISTEN on the events table's channel; every NOTIFY (one per commit) wakes all subscribers."""
+
+    def __init__(self, database_url: str, channel: str) -> None:
+        self.database_url = database_url
+        self.channel = channel
+        self._subscribers: list[Wakeup] = []
+
+    def subscribe(self) -> Wakeup:
+        wakeup = Wakeup()
+        self._subscribers.append(wakeup)
+        return wakeup
+
+    def wake_all(self) -> None:
+        for wakeup in self._subscribers:
+            wakeup.set()
+
+    async def run(self) -> None:
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel))
+        lost = False
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+                async with conn:
+                    await conn.execute(listen)
+                    if lost:
+                        log.info("listening again", channel=self.channel)
+                    lost = False
+                    self.wake_all()  # whatever was committed while nobody listened
+                    async for _ in conn.notifies():
+                        self.wake_all()
+            except psycopg.OperationalError as e:
+                if not lost:
+                    log.warning("lost the listening connection", error=str(e).strip())
+                lost = True
+                self.wake_all()
+                await anyio.sleep(1.0)
+
+
+async def fetch(ledger: Ledger, statement: str, params: Sequence[Any] = ()) -> list[DictRow]:
+    """Rows of one query on the ledger's database, run in a worker thread."""
+
+    def run() -> list[DictRow]:
+        with ledger.connection() as conn:
+            cursor = conn.execute(statement.encode(), params)
+            return cursor.fetchall() if cursor.description else []
+
+    return await anyio.to_thread.run_sync(run)
+
+
+async def publish_queued(ledger: Ledger, streams: Streams, job_ids: Sequence[UUID]) -> int:
+    """Publish the current snapshot of each of these jobs that is still queued."""
+    if not job_ids:
+        return 0
+    jobs = await anyio.to_thread.run_sync(ledger.load_many, list(dict.fromkeys(job_ids)))
+    runnable = [job for job in jobs.values() if job.status is Status.QUEUED]
+    runnable.sort(key=_oldest_first)
+    await streams.publish(runnable)
+    return len(runnable)
+
+
+def _oldest_first(job: Job) -> tuple[Any, ...]:
+    return (job.updated_at, str(job.id))
+
+
+class Dispatcher:
+    """Follows the ledger from its stored position; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        streams: Streams,
+        wakeup: Wakeup,
+        *,
+        name: str = "dispatcher",
+        page_size: int = 1000,
+        fallback_poll_s: float = 1.0,
+    ) -> None:
+        self.ledger = ledger
+        self.streams = streams
+        self.wakeup = wakeup
+        self.name = name
+        self.page_size = page_size
+        self.fallback_poll_s = fallback_poll_s
+        self.position = 0
+        self.published = 0
+        self._select_page = SELECT_PAGE.format(table=ledger.events_table)
+
+    async def load_position(self) -> int:
+        rows = await fetch(self.ledger, SELECT_POSITION, (self.name,))
+        self.position = int(rows[0]["position"]) if rows else 0
+        return self.position
+
+    async def run(self) -> None:
+        await self.load_position()
+        delay = 0.0
+        while True:
+            try:
+                more = await self.step()
+            except REDIS_DOWN as e:
+                # The position did not move: the page is published again once Redis is back.
+                if not delay:
+                    log.warning("cannot publish, redis unreachable", error=str(e))
+                delay = min(max(delay * 2, 0.05), 2.0)
+                await anyio.sleep(delay)
+                continue
+            delay = 0.0
+            if not more:
+                await self.wakeup.wait(self.fallback_poll_s)
+
+    async def step(self) -> bool:
+        """Publish one page of the log; True if the page was full (more may follow)."""
+        rows = await fetch(self.ledger, self._select_page, (self.position, self.page_size))
+        if not rows:
+            return False
+        queued = [row["originator_id"] for row in rows if row["topic"] == QUEUED_TOPIC]
+        self.published += await publish_queued(self.ledger, self.streams, queued)
+        last = int(rows[-1]["notification_id"])
+        await fetch(self.ledger, STORE_POSITION, (self.name, last))
+        self.position = last
+        return len(rows) == self.page_size
