@@ -1,19 +1,90 @@
-"""Sub-commands of this area (filled in by the area's owner)."""
+"""The API's sub-commands: `api` serves HTTP, `keys create` makes an API key."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
-from ledger import Settings
+from jobledger.wiring import make_ledger
+from ledger import Ledger, Settings, registry
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
 
 
 def add_parsers(sub: Any) -> None:
-    """Add this area's sub-commands to the `jobledger` parser."""
+    p = sub.add_parser("api", help="serve the HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p = sub.add_parser("keys", help="manage API keys")
+    keys = p.add_subparsers(dest="keys_command", required=True, parser_class=type(p))
+    p = keys.add_parser("create", help="create an API key for ORG and print it (shown once)")
+    p.add_argument("org")
+    p.add_argument("--admin", action="store_true", help="the key sees every organisation")
 
 
 def migrate(settings: Settings) -> None:
-    """Create this area's tables; safe to repeat."""
+    from api import migrate as migrate_api
+
+    migrate_api(settings.database_url)
+
+
+def uvicorn_config(settings: Settings, ledger: Ledger, host: str, port: int) -> Any:
+    """uvloop and httptools when installed: about twice the requests per core."""
+    import uvicorn
+
+    from api import create_app
+
+    def have(module: str) -> bool:
+        return importlib.util.find_spec(module) is not None
+
+    return uvicorn.Config(
+        create_app(settings, ledger, registry),
+        host=host,
+        port=port,
+        loop="uvloop" if have("uvloop") else "asyncio",
+        http="httptools" if have("httptools") else "h11",
+        lifespan="on",
+        access_log=False,  # our own access log writes one JSON line per request
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    """Run the API inside an event loop that someone else owns (`jobledger up`)."""
+    import uvicorn
+
+    ledger = make_ledger(settings, pool_size=4)
+    try:
+        await uvicorn.Server(uvicorn_config(settings, ledger, host, port)).serve()
+    finally:
+        ledger.close()
+
+
+def run_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    ledger = make_ledger(settings, pool_size=4)
+    try:
+        server = uvicorn.Server(uvicorn_config(settings, ledger, args.host, args.port))
+        server.run()
+    finally:
+        ledger.close()
+    return 0 if server.started else 1
+
+
+def keys(args: argparse.Namespace, settings: Settings) -> int:
+    from api import create_key
+
+    key, who = create_key(settings.database_url, args.org, admin=args.admin)
+    kind = "admin key (sees every organisation)" if who.admin else "key"
+    print(f"{kind} {who.key_id} for organisation {who.org}; store it now, it is not shown again:")
+    print(key)
+    return 0
+
+
+COMMANDS["api"] = run_api
+COMMANDS["keys"] = keys
