@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -34,9 +35,11 @@ class Settings(BaseSettings):
     retry_delays_s: Annotated[tuple[float, ...] | None, NoDecode] = Field(
         None, validation_alias=_alias("JOBLEDGER_RETRY_DELAYS")
     )
-    lease_s: float = Field(30.0, gt=0, validation_alias=_alias("JOBLEDGER_LEASE_S"))
+    lease_s: float = Field(
+        30.0, gt=0, allow_inf_nan=False, validation_alias=_alias("JOBLEDGER_LEASE_S")
+    )
     shutdown_grace_s: float = Field(
-        30.0, ge=0, validation_alias=_alias("JOBLEDGER_SHUTDOWN_GRACE_S")
+        30.0, ge=0, allow_inf_nan=False, validation_alias=_alias("JOBLEDGER_SHUTDOWN_GRACE_S")
     )
     schedules: Path | None = Field(None, validation_alias=_alias("JOBLEDGER_SCHEDULES"))
     handlers: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -58,8 +61,8 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"expected seconds separated by commas, e.g. 60,300,900; got {value!r}"
                 ) from None
-            if any(d < 0 for d in delays):
-                raise ValueError("retry delays must not be negative")
+            if not all(math.isfinite(d) and d >= 0 for d in delays):
+                raise ValueError(f"retry delays must be finite and not negative; got {value!r}")
             return delays
         return value
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -28,8 +29,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not self.delays_s:
             raise ValueError("a retry policy needs at least one delay")
-        if any(d < 0 for d in self.delays_s):
-            raise ValueError("retry delays must not be negative")
+        if not all(math.isfinite(d) and d >= 0 for d in self.delays_s):
+            raise ValueError("retry delays must be finite and not negative")
         if not 0 <= self.jitter <= MAX_JITTER:
             raise ValueError(f"jitter must be between 0 and {MAX_JITTER}")
 
