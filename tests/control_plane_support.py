@@ -1,0 +1,172 @@
+"""Helpers for the control-plane tests: stream reads, submissions, a private Redis, processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import redis
+
+from ledger import Job, JobSpec, Ledger, Status, change, commands, utc_now
+from tests.factories import a_spec
+
+JOBLEDGER = [sys.executable, "-c", "from jobledger.cli import main; main()"]
+
+
+def submit(ledger: Ledger, n: int = 1, **overrides: Any) -> list[Job]:
+    specs: list[tuple[JobSpec, str | None]] = [(a_spec(**overrides), None) for _ in range(n)]
+    return [job for job, _ in ledger.submit_many(specs)]
+
+
+def start(ledger: Ledger, job: Job, *, lease_s: float = 30.0, worker: str = "w1") -> Job:
+    [after] = ledger.append([change(job, commands.start_attempt(job, worker, lease_s, utc_now()))])
+    return after
+
+
+def stream_messages(redis_url: str, prefix: str) -> list[dict[str, Any]]:
+    """Every message in every stream of this prefix, as {stream, id, job snapshot}."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        out = []
+        for key in client.scan_iter(match="{" + prefix + "}:q:*", count=1000):
+            for message_id, fields in client.xrange(key):
+                out.append({"stream": key, "id": message_id, "job": json.loads(fields["job"])})
+        return out
+    finally:
+        client.close()
+
+
+def published_ids(redis_url: str, prefix: str) -> list[UUID]:
+    return [UUID(m["job"]["id"]) for m in stream_messages(redis_url, prefix)]
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Remove this test's keys (never a FLUSHALL on a shared Redis)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match="{" + prefix + "}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(every_s)
+
+
+def statuses(ledger: Ledger, job_ids: Sequence[UUID]) -> dict[UUID, Status]:
+    return {job_id: job.status for job_id, job in ledger.load_many(list(job_ids)).items()}
+
+
+def queued_at(ledger: Ledger, job_id: UUID) -> list[datetime]:
+    return [e.timestamp for e in ledger.history(job_id) if e.TYPE == "queued"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of this test alone, which it may flush and restart."""
+    server = PrivateRedis(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class PrivateRedis:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: _pings(client), 10, "the private redis-server")
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self, down_s: float = 0.5) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+    def flushall(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        client.flushall()
+        client.close()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+class Role:
+    """One `jobledger <role>` subprocess in its own process group; stopped at exit."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+        self.args = list(args)
+        # a file, as a pipe nobody reads would block a chatty role
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed with the test process)
+        self.proc = subprocess.Popen(
+            [*JOBLEDGER, *self.args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill9(self) -> None:
+        """kill -9 the role and everything it started."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self.kill9()
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
