@@ -121,7 +121,7 @@ def on_ledger_error(_: Request[Any, Any, Any], e: JobledgerError) -> Response[di
 def on_http_error(_: Request[Any, Any, Any], e: HTTPException) -> Response[dict[str, Any]]:
     status = e.status_code if 400 <= e.status_code < 500 else 500
     extra = e.extra if status < 500 else None
-    detail = e.detail if status < 500 else "internal server error"
+    detail = e.detail[:300] if status < 500 else "internal server error"
     headers = {k: v for k, v in (e.headers or {}).items() if k.lower() == "allow"}
     return _answer(status, detail, extra or None, headers)
 

@@ -6,9 +6,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import PathParameter, QueryParameter
 from pydantic import BaseModel
 
 from api.auth import principal
@@ -42,7 +41,8 @@ REASONS = {
     429: "the organisation is at its active-job limit; see Retry-After",
     503: "storage unavailable",
 }
-JobId = Annotated[str, Parameter(description="the job's id (a UUID)", max_length=200)]
+ADMIN_ORG = "admin keys only: limit to this organisation (other keys: ignored)"
+JobId = Annotated[str, PathParameter(description="the job's id (a UUID)")]
 
 
 def answers(ok: dict[int, type[BaseModel]], *errors: int) -> dict[int, ResponseSpec]:
@@ -56,8 +56,12 @@ def answers(ok: dict[int, type[BaseModel]], *errors: int) -> dict[int, ResponseS
     return specs
 
 
-def jobs(request: Request[Any, Any, Any]) -> Jobs:
-    return Jobs(resources(request))
+Req = Request[Any, Any, Any]
+
+
+async def caller(request: Req) -> tuple[Principal, Jobs]:
+    """Who asks (401 if nobody we know), and the job operations on their behalf."""
+    return await principal(request), Jobs(resources(request))
 
 
 def _created(doc: Document) -> Response[Document]:
@@ -66,7 +70,6 @@ def _created(doc: Document) -> Response[Document]:
 
 class JobRoutes(Controller):
     path = "/api/jobs"
-    dependencies = {"who": Provide(principal), "jobs": Provide(jobs, sync_to_thread=False)}
     tags = ["jobs"]
 
     @post(
@@ -76,9 +79,8 @@ class JobRoutes(Controller):
         responses=answers({201: JobOut, 200: JobOut}, 400, 409, 413, 422, 429),
         summary="Submit a job",
     )
-    async def submit(
-        self, request: Request[Any, Any, Any], who: Principal, jobs: Jobs
-    ) -> Response[Document]:
+    async def submit(self, request: Req) -> Response[Document]:
+        who, jobs = await caller(request)
         res = resources(request)
         item = to_item(
             parse_json(await request.body()),
@@ -96,9 +98,8 @@ class JobRoutes(Controller):
         responses=answers({201: BatchOut}, 400, 409, 413, 422, 429),
         summary="Submit up to 1,000 jobs atomically",
     )
-    async def submit_batch(
-        self, request: Request[Any, Any, Any], who: Principal, jobs: Jobs
-    ) -> Response[Document]:
+    async def submit_batch(self, request: Req) -> Response[Document]:
+        who, jobs = await caller(request)
         res = resources(request)
         items = to_batch(
             parse_json(await request.body()),
@@ -113,14 +114,14 @@ class JobRoutes(Controller):
     async def list_jobs(
         self,
         *,
-        request: Request[Any, Any, Any],
-        who: Principal,
-        status: StatusName | None = None,
-        job_type: Annotated[str | None, Parameter(query="type", max_length=100)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Parameter(max_length=500)] = None,
-        org: Annotated[str | None, Parameter(max_length=63, description="admin keys")] = None,
+        request: Req,
+        status: Annotated[StatusName | None, QueryParameter()] = None,
+        job_type: Annotated[str | None, QueryParameter(name="type", max_length=100)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
+        org: Annotated[str | None, QueryParameter(max_length=63, description=ADMIN_ORG)] = None,
     ) -> Response[Document]:
+        who = await principal(request)
         queries = resources(request).queries
         try:
             items, next_cursor = await queries.list(
@@ -137,13 +138,13 @@ class JobRoutes(Controller):
     )
     async def get_job(
         self,
-        who: Principal,
-        jobs: Jobs,
+        request: Req,
         job_id: JobId,
         at: Annotated[
-            datetime | None, Parameter(description="replay the ledger up to this instant")
+            datetime | None, QueryParameter(description="replay the ledger up to this instant")
         ] = None,
     ) -> Response[Document]:
+        who, jobs = await caller(request)
         if at is None:
             return Response(await jobs.get(who, job_id))
         if at.tzinfo is None:
@@ -155,7 +156,8 @@ class JobRoutes(Controller):
         responses=answers({200: EventList}, 404),
         summary="A job's events, in order",
     )
-    async def job_events(self, who: Principal, jobs: Jobs, job_id: JobId) -> Response[Document]:
+    async def job_events(self, request: Req, job_id: JobId) -> Response[Document]:
+        who, jobs = await caller(request)
         return Response({"items": await jobs.events(who, job_id)})
 
     @delete(
@@ -164,7 +166,8 @@ class JobRoutes(Controller):
         responses=answers({200: JobOut, 202: JobOut}, 404, 409),
         summary="Cancel a job",
     )
-    async def cancel(self, who: Principal, jobs: Jobs, job_id: JobId) -> Response[Document]:
+    async def cancel(self, request: Req, job_id: JobId) -> Response[Document]:
+        who, jobs = await caller(request)
         doc = await jobs.cancel(who, job_id)
         return Response(doc, status_code=200 if doc["status"] == "cancelled" else 202)
 
@@ -174,20 +177,20 @@ class JobRoutes(Controller):
         responses=answers({200: JobOut}, 404, 409, 429),
         summary="Retry a failed or cancelled job",
     )
-    async def retry(self, who: Principal, jobs: Jobs, job_id: JobId) -> Response[Document]:
+    async def retry(self, request: Req, job_id: JobId) -> Response[Document]:
+        who, jobs = await caller(request)
         return Response(await jobs.retry(who, job_id))
 
 
 @get(
     "/api/stats",
-    dependencies={"who": Provide(principal)},
     responses=answers({200: StatsOut}, 400),
     tags=["jobs"],
     summary="Counts of the organisation's jobs by status and by type",
 )
 async def stats(
-    request: Request[Any, Any, Any],
-    who: Principal,
-    org: Annotated[str | None, Parameter(max_length=63, description="admin keys")] = None,
+    request: Req,
+    org: Annotated[str | None, QueryParameter(max_length=63, description=ADMIN_ORG)] = None,
 ) -> Response[Document]:
+    who = await principal(request)
     return Response(await resources(request).queries.stats(who.scope(org)))
