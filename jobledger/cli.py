@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 from jobledger.wiring import StartupError, load_job_types, load_settings, make_ledger
-from ledger import Settings
+from ledger import Ledger, Settings
 
 EXIT_USAGE = 2
 
@@ -134,6 +134,20 @@ def _describe(e: Exception) -> str:
 # ------------------------------------------------------------------ commands
 
 
+CONNECT_TIMEOUT_S = 3
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    """The ledger, after one quick connection: an unreachable database fails in seconds.
+
+    The ledger's pool would otherwise keep retrying for its own, longer timeout.
+    """
+    import psycopg
+
+    psycopg.connect(settings.database_url, connect_timeout=CONNECT_TIMEOUT_S).close()
+    return make_ledger(settings)
+
+
 @command("migrate")
 def migrate(args: argparse.Namespace, settings: Settings) -> int:
     from jobledger import roles
@@ -171,7 +185,7 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
         )
     except ValidationError as e:
         raise UsageError(_first_error(e)) from None
-    ledger = make_ledger(settings)
+    ledger = open_ledger(settings)
     try:
         spec, fingerprint = to_spec(
             submission,
@@ -198,7 +212,7 @@ def _first_error(e: Any) -> str:
 def show(args: argparse.Namespace, settings: Settings) -> int:
     from ledger import as_document
 
-    ledger = make_ledger(settings)
+    ledger = open_ledger(settings)
     try:
         job = ledger.state_at(args.id, args.at) if args.at else ledger.load(args.id)
     finally:
@@ -211,7 +225,7 @@ def show(args: argparse.Namespace, settings: Settings) -> int:
 def history(args: argparse.Namespace, settings: Settings) -> int:
     from ledger import event_document
 
-    ledger = make_ledger(settings)
+    ledger = open_ledger(settings)
     try:
         events = [event_document(e) for e in ledger.history(args.id)]
     finally:
