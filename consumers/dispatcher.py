@@ -13,7 +13,7 @@ a slow fallback poll covers a lost listening connection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -129,14 +129,15 @@ async def publish_queued(ledger: Ledger, streams: Streams, job_ids: Sequence[UUI
     if not job_ids:
         return 0
     jobs = await anyio.to_thread.run_sync(ledger.load_many, list(dict.fromkeys(job_ids)))
-    runnable = [job for job in jobs.values() if job.status is Status.QUEUED]
-    runnable.sort(key=_oldest_first)
-    await streams.publish(runnable)
-    return len(runnable)
+    ready = runnable(jobs.values())
+    await streams.publish(ready)
+    return len(ready)
 
 
-def _oldest_first(job: Job) -> tuple[Any, ...]:
-    return (job.updated_at, str(job.id))
+def runnable(jobs: Iterable[Job]) -> list[Job]:
+    """The jobs that are queued, oldest first: what deserves a message."""
+    ready = [job for job in jobs if job.status is Status.QUEUED]
+    return sorted(ready, key=lambda job: (job.updated_at, str(job.id)))
 
 
 class Dispatcher:

@@ -47,6 +47,22 @@ SELECT_STATUS = "SELECT job_id, status FROM jl_jobs WHERE job_id = ANY(%s)"
 CONSUMER = "reaper"
 
 
+def lost_attempt(job: Job, policy: RetryPolicy, now: datetime) -> list[JobEvent]:
+    """The running attempt of `job` failed: its worker was lost (retryable, per the policy)."""
+    started = job.started_at or now
+    return commands.fail_attempt(
+        job,
+        job.attempts,
+        reason="lost_worker",
+        error_type="lost_worker",
+        message=f"worker {job.worker} stopped renewing its lease",
+        retryable=True,
+        duration_ms=round((now - started).total_seconds() * 1000, 3),
+        policy=policy,
+        now=now,
+    )
+
+
 class Reaper:
     """`run()` until cancelled: expired leases every `period_s`, idle messages every lease."""
 
@@ -121,18 +137,7 @@ class Reaper:
         return done
 
     def _lost(self, job: Job, now: datetime) -> list[JobEvent]:
-        started = job.started_at or now
-        return commands.fail_attempt(
-            job,
-            job.attempts,
-            reason="lost_worker",
-            error_type="lost_worker",
-            message=f"worker {job.worker} stopped renewing its lease",
-            retryable=True,
-            duration_ms=round((now - started).total_seconds() * 1000, 3),
-            policy=self._policy(job),
-            now=now,
-        )
+        return lost_attempt(job, self._policy(job), now)
 
     def _policy(self, job: Job) -> RetryPolicy:
         try:

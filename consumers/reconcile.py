@@ -104,7 +104,7 @@ class RedisWatch:
         except REDIS_DOWN:
             await self._wait_until_back()
             return "redis reconnected"
-        return None if present else "redis lost its data"
+        return None if present else "redis marker missing (first start, or redis lost its data)"
 
     async def _wait_until_back(self) -> None:
         log.warning("redis unreachable; waiting for it")

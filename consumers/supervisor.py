@@ -1,15 +1,18 @@
 """The supervisor of `jobledger up`: every role as a child process, restarted when it crashes.
 
-The children share the supervisor's process group, so one `kill -TERM -PGID`
-(or Ctrl-C in a terminal) reaches them all. `stop()` sends each running child
-SIGTERM, waits for them to drain (a worker lets its attempts finish within
-its grace period) and kills what is still running after `kill_after_s`. A
-child that exits on its own while not stopping is restarted with a backoff.
-Signal handlers are the entry point's business, not this module's.
+The children share one process group of their own, apart from the
+supervisor's: a terminal's Ctrl-C reaches the supervisor alone, and it passes
+each signal on exactly once (a worker takes a second signal as "stop now"),
+while `kill -TERM -<group>` still reaches every role at once. `stop()` signals
+every running child, waits for them to drain (a worker lets its attempts
+finish within its grace period) and kills what still runs after
+`kill_after_s`. A child that exits on its own while not stopping is restarted
+with a growing pause. Signal handlers are the entry point's business.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -17,9 +20,10 @@ from dataclasses import dataclass
 
 import anyio
 import structlog
-from anyio.abc import Process
 
 log = structlog.get_logger("jobledger.supervisor")
+
+POLL_S = 0.1  # how often exits are noticed; Popen.wait would tie up a thread per child
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +47,9 @@ class Supervisor:
         self.kill_after_s = kill_after_s
         self.max_backoff_s = max_backoff_s
         self.healthy_after_s = healthy_after_s
-        self.running: dict[str, Process] = {}
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {c.name: 0 for c in self.children}
+        self.pgid: int | None = None
         self._stopping: anyio.Event | None = None
         self._stop_requested = False
 
@@ -58,33 +63,40 @@ class Supervisor:
         log.info("all roles stopped")
 
     def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
-        """Ask every child to stop (again, if called twice); returns at once."""
+        """Pass `signum` on to every running child; returns at once."""
         first = not self._stop_requested
         self._stop_requested = True
         if self._stopping is not None:
             self._stopping.set()
-        for name, proc in list(self.running.items()):
-            if proc.returncode is None:
-                try:
-                    proc.send_signal(signum)
-                except ProcessLookupError:
-                    continue
-                log.debug("signalled", role=name, signal=signum)
         if first:
-            log.info("stopping", roles=sorted(self.running))
+            log.info("stopping", signal=signum.name, roles=sorted(self.running))
+        for proc in list(self.running.values()):
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def _spawn(self, child: Child) -> subprocess.Popen[bytes]:
+        """Start the child in the children's process group (a new one if it is gone)."""
+        for group in (self.pgid or 0, 0):
+            try:
+                proc = subprocess.Popen(  # noqa: S603  (our own command line)
+                    list(child.argv), stdin=subprocess.DEVNULL, process_group=group
+                )
+            except PermissionError:  # every earlier child has exited: the group is gone
+                continue
+            if group == 0:
+                self.pgid = proc.pid
+                log.info("roles run in process group", pgid=self.pgid)
+            return proc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _keep_running(self, child: Child) -> None:
-        backoff = 0.5
         assert self._stopping is not None
+        backoff = 0.5
         while not self._stop_requested:
             started = anyio.current_time()
-            proc = await anyio.open_process(
-                list(child.argv), stdin=subprocess.DEVNULL, stdout=None, stderr=None
-            )
+            proc = self._spawn(child)
             self.running[child.name] = proc
             log.info("started", role=child.name, pid=proc.pid)
-            if self._stop_requested:  # stop() came while this child was starting
-                proc.send_signal(signal.SIGTERM)
             code = await self._wait(proc)
             del self.running[child.name]
             if self._stop_requested:
@@ -98,18 +110,21 @@ class Supervisor:
                 await self._stopping.wait()
             backoff = min(backoff * 2, self.max_backoff_s)
 
-    async def _wait(self, proc: Process) -> int:
-        async with anyio.create_task_group() as tg:
-
-            async def kill_when_overdue() -> None:
-                assert self._stopping is not None
-                await self._stopping.wait()
-                await anyio.sleep(self.kill_after_s)
-                if proc.returncode is None:
-                    log.warning("did not stop in time; killing", pid=proc.pid)
-                    proc.kill()
-
-            tg.start_soon(kill_when_overdue)
-            code = await proc.wait()
-            tg.cancel_scope.cancel()
+    async def _wait(self, proc: subprocess.Popen[bytes]) -> int:
+        overdue: float | None = None
+        while (code := proc.poll()) is None:
+            if self._stop_requested and overdue is None:
+                overdue = anyio.current_time() + self.kill_after_s
+            if overdue is not None and anyio.current_time() > overdue:
+                log.warning("did not stop in time; killing", pid=proc.pid)
+                proc.kill()
+            await anyio.sleep(POLL_S)
         return code
+
+
+def kill_group(pgid: int, signum: signal.Signals = signal.SIGKILL) -> None:
+    """Signal a whole process group (tests and last-resort cleanup)."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return

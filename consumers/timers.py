@@ -74,7 +74,7 @@ class Timers:
         """Append `queued` for the due jobs in one transaction (one by one after a conflict)."""
         for _ in range(3):
             now = utc_now()
-            changes = _due_changes(self.ledger.load_many(job_ids).values(), now)
+            changes = due_changes(self.ledger.load_many(job_ids).values(), now)
             try:
                 return len(self.ledger.append(changes))
             except ConcurrencyConflict:
@@ -82,7 +82,7 @@ class Timers:
         enqueued = 0
         for job_id in job_ids:
             now = utc_now()
-            for c in _due_changes(self.ledger.load_many([job_id]).values(), now):
+            for c in due_changes(self.ledger.load_many([job_id]).values(), now):
                 try:
                     self.ledger.append([c])
                 except ConcurrencyConflict:
@@ -92,7 +92,8 @@ class Timers:
         return enqueued
 
 
-def _due_changes(jobs: Iterable[Job], now: datetime) -> list[Change]:
+def due_changes(jobs: Iterable[Job], now: datetime) -> list[Change]:
+    """`queued` for each of these jobs that waits and whose time has come."""
     return [
         change(job, commands.enqueue(job, now))
         for job in jobs
