@@ -89,6 +89,26 @@ def server_process(env: dict[str, str], log: IO[Any] | Path | None = None) -> It
             stderr.close()
 
 
+@contextmanager
+def projector_process(env: dict[str, str]) -> Iterator[None]:
+    """`jobledger projector`, so the views follow the ledger as in production."""
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "jobledger"), "projector"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def key_for(database_url: str, org: str, *, admin: bool = False) -> dict[str, str]:
     """Request headers carrying a new key of `org`."""
     key, _ = create_key(database_url, org, admin=admin)
