@@ -170,3 +170,58 @@ class Role:
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
+
+
+# ------------------------------------------------------------ the contract's retry rules
+
+
+def retry_rule_violations(events: Sequence[Any], delays_s: Sequence[float]) -> list[str]:
+    """What in one job's history breaks the contract's lifecycle and retry rules (empty: none).
+
+    Versions and attempts gapless; an attempt starts only after the previous one
+    ended; at most one success; a retry starts no earlier than its backoff after
+    the failure; nothing but a manual retry follows a terminal event.
+    """
+    problems: list[str] = []
+    versions = [e.originator_version for e in events]
+    if versions != list(range(1, len(events) + 1)):
+        problems.append(f"versions not gapless: {versions}")
+    started = [e.attempt for e in events if e.TYPE == "attempt_started"]
+    if started != list(range(1, len(started) + 1)):
+        problems.append(f"attempts not gapless: {started}")
+    successes = sum(e.TYPE == "attempt_succeeded" for e in events)
+    if successes > 1:
+        problems.append(f"{successes} successes")
+    running: int | None = None
+    terminal = False
+    retry_at: Any = None
+    failed_at: Any = None
+    for e in events:
+        if terminal and e.TYPE != "retry_requested":
+            problems.append(f"{e.TYPE} after the job ended")
+        if e.TYPE == "attempt_started":
+            if running is not None:
+                problems.append(f"attempt {e.attempt} started while {running} ran")
+            if retry_at is not None and e.timestamp < retry_at:
+                problems.append(f"attempt {e.attempt} started before its retry time")
+            running, retry_at = e.attempt, None
+        elif e.TYPE in ("attempt_succeeded", "attempt_failed"):
+            if running != e.attempt:
+                problems.append(f"attempt {e.attempt} ended but {running} ran")
+            running = None
+            terminal = terminal or e.TYPE == "attempt_succeeded"
+            failed_at = e.timestamp
+        elif e.TYPE == "retry_scheduled":
+            delay = delays_s[min(e.attempt, len(delays_s)) - 1]
+            if (e.next_attempt_at - failed_at).total_seconds() < delay - 1e-6:
+                problems.append(f"retry after attempt {e.attempt} sooner than {delay}s")
+            retry_at = e.next_attempt_at
+        elif e.TYPE in ("failed", "cancelled"):
+            terminal = True
+        elif e.TYPE == "retry_requested":
+            terminal = False
+    return problems
+
+
+def terminal_count(events: Sequence[Any]) -> int:
+    return sum(e.TYPE in ("attempt_succeeded", "failed", "cancelled") for e in events)
