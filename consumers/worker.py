@@ -1,0 +1,346 @@
+"""The worker: reads "run this attempt" messages and runs up to N attempts at once.
+
+    async with Worker(ledger, streams, registry, config) as worker:
+        await worker.run()          # until worker.stop()
+
+Each message becomes one task: record the attempt start (decided on the
+message's snapshot, no ledger read), run the handler, record the outcome,
+then acknowledge the message. Starts and outcomes of all tasks go through one
+`BatchWriter`, so a hundred attempts share a transaction; acknowledgements are
+pipelined the same way. One query every half second renews the leases of all
+attempts in flight and brings back cancel requests; an attempt whose job left
+`running` meanwhile (the reaper declared it lost) is stopped and its result
+dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from uuid import UUID
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from consumers import attempts
+from consumers.attempts import Attempt, Outcome
+from consumers.streams import Message, Streams
+from ledger import (
+    BatchWriter,
+    ConcurrencyConflict,
+    InvalidTransition,
+    Job,
+    JobEvent,
+    JobType,
+    Ledger,
+    Registry,
+    RetryPolicy,
+    Status,
+    change,
+    commands,
+    utc_now,
+)
+
+log = structlog.get_logger("jobledger.worker")
+
+RENEW_INTERVAL_S = 0.5
+IDLE_BLOCK_MS = 500
+RETRY_PAUSE_S = 1.0
+
+RENEW_LEASES = """
+UPDATE jl_jobs AS j SET lease_until = GREATEST(j.lease_until, now() + %s * interval '1 second')
+FROM unnest(%s::uuid[], %s::integer[]) AS a(job_id, attempt)
+WHERE j.job_id = a.job_id AND j.attempts = a.attempt AND j.status = 'running'
+RETURNING j.job_id, j.cancel_requested, j.version
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    concurrency: int = 100
+    lease_s: float = 30.0
+    shutdown_grace_s: float = 30.0
+    retry_delays_s: tuple[float, ...] | None = None
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Worker:
+    def __init__(
+        self,
+        ledger: Ledger,
+        streams: Streams,
+        registry: Registry,
+        config: WorkerConfig,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.streams = streams
+        self.config = config
+        self.name = name or consumer_name()
+        self.types = {t.name: t for t in registry if t.handler is not None}
+        self.levels = streams.keys.by_priority(self.types)
+        self.active: dict[UUID, Attempt] = {}  # started, outcome not yet recorded
+        self._free = config.concurrency
+        self._slot_freed = anyio.Event()
+        self._backlog: list[Message] = []
+        self._stopping = anyio.Event()
+        self._grace = anyio.CancelScope()
+        self._acks = Batcher(self._ack)
+        self._exit = AsyncExitStack()
+        self._writer: BatchWriter
+        self._background: TaskGroup
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Worker:
+        self._writer = await self._exit.enter_async_context(BatchWriter(self.ledger))
+        self._background = await self._exit.enter_async_context(anyio.create_task_group())
+        self._background.start_soon(self._renew_loop)
+        self._background.start_soon(self._acks.run)
+        await self.streams.ensure_groups([s for level in self.levels for s in level])
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.stop()
+        self._background.cancel_scope.cancel()
+        return await self._exit.__aexit__(exc_type, exc, tb)
+
+    def stop(self) -> None:
+        """Stop reading; `run` lets attempts in flight finish within the grace period."""
+        self._stopping.set()
+        self._slot_freed.set()  # wakes the reader if it waits for a free slot
+
+    def shutdown_now(self) -> None:
+        """Stop reading and end the grace period at once."""
+        self.stop()
+        self._grace.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Run attempts until `stop()`, then drain: grace period, then stop the rest."""
+        async with anyio.create_task_group() as group:
+            await self._read_loop(group)
+            self._grace.deadline = anyio.current_time() + self.config.shutdown_grace_s
+            with self._grace:
+                while self._free < self.config.concurrency:
+                    await self._wait_for_slot()
+            for attempt in list(self.active.values()):
+                if not attempt.ended:
+                    attempt.stop("shutdown")
+        await self._acks.flush()
+
+    # ------------------------------------------------------------ reading
+
+    async def _read_loop(self, group: TaskGroup) -> None:
+        while not self._stopping.is_set():
+            if self._free <= 0:
+                await self._wait_for_slot()
+                continue
+            messages = await self._read(self._free)
+            self._free -= len(messages)
+            for message in messages:
+                group.start_soon(self._attempt, message)
+
+    async def _wait_for_slot(self) -> None:
+        await self._slot_freed.wait()
+        self._slot_freed = anyio.Event()
+
+    def _release_slot(self) -> None:
+        self._free += 1
+        self._slot_freed.set()
+
+    async def _read(self, count: int) -> list[Message]:
+        """Up to `count` messages, high priority first; blocks (briefly) when idle."""
+        got = self._backlog[:count]
+        del self._backlog[:count]
+        for streams in self.levels:
+            if len(got) >= count:
+                return got
+            got += await self.streams.read(self.name, streams, count - len(got), None)
+        if got:
+            return got
+        everything = [s for level in self.levels for s in level]
+        got = await self.streams.read(self.name, everything, count, IDLE_BLOCK_MS)
+        # A blocking read over many streams may return `count` from each.
+        self._backlog.extend(got[count:])
+        return got[:count]
+
+    # ------------------------------------------------------------ one attempt
+
+    async def _attempt(self, message: Message) -> None:
+        kind = self.types[message.job.type]
+        try:
+            job = await self._start(message.job)
+        except Exception:
+            # The message stays pending in the stream and is claimed again later.
+            log.exception("attempt_start_failed", job_id=str(message.job.id))
+            self._release_slot()
+            return
+        if job is None:
+            self._release_slot()
+            self._acks.add(message)
+            return
+        attempt = Attempt(message, job)
+        self.active[job.id] = attempt
+        try:
+            outcome = await attempts.run(attempt, kind)
+        finally:
+            self._release_slot()
+        after = await self._record(attempt, outcome, kind)
+        del self.active[job.id]
+        self._acks.add(message)
+        _log_end(attempt, outcome, after)
+
+    async def _start(self, job: Job) -> Job | None:
+        """The job with this worker's attempt started, or None if it must not start."""
+        if job.id in self.active:
+            return None  # a duplicate of a message this worker is running
+        for fresh in (False, True):
+            if fresh:
+                job = await anyio.to_thread.run_sync(self.ledger.load, job.id)
+                if job.status is not Status.QUEUED:
+                    return None
+            try:
+                events = commands.start_attempt(job, self.name, self.config.lease_s, utc_now())
+                [started] = await self._writer.append([change(job, events)])
+            except (ConcurrencyConflict, InvalidTransition):
+                continue  # a stale or duplicate message: look at the job once more
+            return started
+        return None
+
+    async def _record(self, attempt: Attempt, outcome: Outcome, kind: JobType) -> Job | None:
+        """Append the outcome; if the job moved on, decide again on its current state."""
+        if outcome.kind == "lost":
+            return None
+        policy = kind.policy(self.config.retry_delays_s)
+        for pause in (0.0, RETRY_PAUSE_S, RETRY_PAUSE_S, RETRY_PAUSE_S):
+            await anyio.sleep(pause)
+            try:
+                return await self._record_once(attempt, outcome, policy)
+            except (ConcurrencyConflict, InvalidTransition):
+                attempt.stale = True
+            except Exception:
+                log.exception("attempt_record_failed", job_id=str(attempt.job.id))
+        return None
+
+    async def _record_once(
+        self, attempt: Attempt, outcome: Outcome, policy: RetryPolicy
+    ) -> Job | None:
+        if attempt.stale:
+            attempt.job = await anyio.to_thread.run_sync(self.ledger.load, attempt.job.id)
+            attempt.stale = False
+            job = attempt.job
+            if job.attempts != attempt.number or not job.attempt_running:
+                return None  # the attempt was ended elsewhere (declared lost)
+        events: list[JobEvent] = attempts.outcome_events(
+            attempt.job, attempt.number, outcome, policy, utc_now()
+        )
+        [after] = await self._writer.append([change(attempt.job, events)])
+        return after
+
+    async def _ack(self, messages: Sequence[Message]) -> None:
+        await self.streams.ack(messages)
+
+    # ------------------------------------------------------------ leases
+
+    async def _renew_loop(self) -> None:
+        touched = 0.0
+        while True:
+            await anyio.sleep(RENEW_INTERVAL_S)
+            held = list(self.active.values())
+            if not held:
+                continue
+            try:
+                rows = await anyio.to_thread.run_sync(self._renew, held)
+                if anyio.current_time() - touched >= min(self.config.lease_s / 4, 5.0):
+                    touched = anyio.current_time()
+                    await self.streams.touch(self.name, [a.message for a in held])
+            except Exception:
+                log.exception("lease_renewal_failed")
+                continue
+            for attempt in held:
+                row = rows.get(attempt.job.id)
+                if row is None:
+                    if not attempt.ended and self.active.get(attempt.job.id) is attempt:
+                        attempt.stop("lost")
+                    continue
+                cancel_requested, version = row
+                if version != attempt.job.version:
+                    attempt.stale = True
+                if cancel_requested and not attempt.ended:
+                    attempt.stop("cancelled")
+
+    def _renew(self, held: Sequence[Attempt]) -> dict[UUID, tuple[bool, int]]:
+        ids = [a.job.id for a in held]
+        numbers = [a.number for a in held]
+        with self.ledger.connection() as conn:
+            rows = conn.execute(RENEW_LEASES, (self.config.lease_s, ids, numbers)).fetchall()
+        return {r["job_id"]: (r["cancel_requested"], r["version"]) for r in rows}
+
+
+class Batcher:
+    """Collects items and hands all that are waiting to one call: at once when idle."""
+
+    def __init__(self, flush: Callable[[list[Message]], Awaitable[None]]) -> None:
+        self._flush = flush
+        self._items: list[Message] = []
+        self._ready = anyio.Event()
+        self._lock = anyio.Lock()
+
+    def add(self, item: Message) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready = anyio.Event()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Return once everything added so far has been handed over."""
+        async with self._lock:
+            while self._items:
+                items, self._items = self._items, []
+                try:
+                    await self._flush(items)
+                except Exception:
+                    log.exception("batch_flush_failed", items=len(items))
+
+
+def _log_end(attempt: Attempt, outcome: Outcome, after: Job | None) -> None:
+    job = attempt.job
+    log.info(
+        "attempt_ended",
+        job_id=str(job.id),
+        type=job.type,
+        org=job.org,
+        attempt=attempt.number,
+        duration_ms=outcome.duration_ms,
+        outcome=outcome.kind if after is not None or outcome.kind == "lost" else "dropped",
+        status=after.status.value if after is not None else None,
+        started_at=_iso(attempt.started_at),
+    )
+
+
+def _iso(epoch: float) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch else None
