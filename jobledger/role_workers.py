@@ -9,12 +9,15 @@ from typing import Any
 from ledger import Settings
 
 
-
 def add_parsers(sub: Any) -> None:
     """Add this area's sub-commands to the `jobledger` parser."""
     sub.add_parser("worker", help="run attempts of queued jobs (one worker process)")
     p = sub.add_parser("bench", help="the project's benchmark on a fresh database")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from jobledger import role_control  # dispatcher, reconcile, up (engineer B1)
+
+    role_control.add_parsers(sub)
+    COMMANDS.update(role_control.COMMANDS)
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -37,10 +40,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": worker,
     "bench": bench,
 }
-    from jobledger import role_control  # dispatcher, reconcile, up (engineer B1)
-
-    role_control.add_parsers(sub)
-    COMMANDS.update(role_control.COMMANDS)
 
 
 def migrate(settings: Settings) -> None:
