@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 JOBLEDGER = str(Path(sys.executable).with_name("jobledger"))
 
@@ -119,3 +121,66 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(env: dict[str, str]) -
         assert says in stderr, (args, stderr)
         assert "Traceback" not in stderr
     assert time.monotonic() - started < 30  # the database's pool alone would wait 10 s each
+
+
+SCHEDULES = """
+[[schedule]]
+name = "nightly-analytics"
+cron = "0 3 * * *"
+timezone = "Europe/Berlin"
+type = "analytics.collect"
+org = "acme"
+payload = { connection_id = "c-1" }
+
+[[schedule]]
+name = "paused"
+cron = "*/5 * * * *"
+type = "diag.echo"
+org = "acme"
+enabled = false
+"""
+
+
+def test_schedules_lists_each_schedule_with_its_next_fire_time(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "schedules.toml"
+    path.write_text(SCHEDULES)
+    table = ok({**env, "JOBLEDGER_SCHEDULES": str(path)}, "schedules")
+    header, nightly, paused = table.strip().splitlines()
+    assert header.split() == ["name", "cron", "timezone", "type", "org", "enabled", "next", "fire"]
+    assert nightly.split()[:10] == [
+        "nightly-analytics", "0", "3", "*", "*", "*", "Europe/Berlin", "analytics.collect",
+        "acme", "yes",
+    ]  # fmt: skip
+    upcoming = datetime.fromisoformat(nightly.split()[10])
+    assert upcoming.astimezone(ZoneInfo("Europe/Berlin")).hour == 3
+    assert paused.split()[-2:] == ["no", "-"]
+
+
+def test_a_bad_schedules_file_stops_the_scheduler_naming_schedule_and_field(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "schedules.toml"
+    path.write_text(SCHEDULES.replace("Europe/Berlin", "Europe/Atlantis"))
+    done = jobledger({**env, "JOBLEDGER_SCHEDULES": str(path)}, "scheduler")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "jobledger: error: schedule 'nightly-analytics': timezone: "
+        "not an IANA time zone: 'Europe/Atlantis'"
+    )
+
+
+def test_the_scheduler_runs_until_sigterm_and_exits_0(env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "schedules.toml"
+    path.write_text(SCHEDULES)
+    process = subprocess.Popen(
+        [JOBLEDGER, "scheduler"],
+        env={**env, "JOBLEDGER_SCHEDULES": str(path)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    assert "scheduler started" in process.stderr.readline()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
