@@ -88,7 +88,12 @@ class ControlPlane:
         listener = LedgerListener(self.settings.database_url, self.ledger.events_table)
         self.parts = {
             "listener": listener,
-            "dispatcher": Dispatcher(self.ledger, streams, listener.subscribe()),
+            "dispatcher": Dispatcher(
+                self.ledger,
+                streams,
+                listener.subscribe(),
+                database_url=self.settings.database_url,
+            ),
             "timers": Timers(self.ledger, listener.subscribe()),
             "reaper": Reaper(
                 self.ledger, streams, lease_s=self.settings.lease_s, stream_names=names

@@ -20,14 +20,15 @@ from uuid import UUID
 import anyio
 import psycopg
 import structlog
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 from psycopg import sql
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, dict_row
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers.streams import Streams
-from ledger import EVENT_TYPES, Job, Ledger, Status
+from ledger import EVENT_TYPES, Job, JobEvent, Ledger, Status, evolve
 
 log = structlog.get_logger("jobledger.dispatcher")
 
@@ -42,14 +43,24 @@ CREATE TABLE IF NOT EXISTS jl_dispatch_position (
 )
 """
 SELECT_POSITION = "SELECT position FROM jl_dispatch_position WHERE name = %s"
-STORE_POSITION = """
-INSERT INTO jl_dispatch_position (name, position) VALUES (%s, %s)
-ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position
-"""
-# Only ids and topics: the dispatcher never decodes events it does not need.
-SELECT_PAGE = """
-SELECT notification_id, originator_id, topic FROM {table}
-WHERE notification_id > %s ORDER BY notification_id LIMIT %s
+# One round trip per page: store the position reached by the previous page (all of
+# it is published by now), read the next page's ids and topics, and the whole
+# history of each job queued in it. Events of other kinds are never decoded.
+STEP = """
+WITH stored AS (
+    INSERT INTO jl_dispatch_position (name, position) VALUES (%(name)s, %(after)s)
+    ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position
+), page AS (
+    SELECT notification_id, originator_id, topic FROM {table}
+    WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(limit)s
+), summary AS (
+    SELECT max(notification_id) AS last, count(*) AS size FROM page
+)
+SELECT s.last, s.size, e.originator_id, e.originator_version, e.topic, e.state
+FROM summary AS s
+LEFT JOIN {table} AS e
+    ON e.originator_id = ANY(ARRAY(SELECT originator_id FROM page WHERE topic = %(queued)s))
+ORDER BY e.originator_id, e.originator_version
 """
 
 
@@ -149,6 +160,7 @@ class Dispatcher:
         streams: Streams,
         wakeup: Wakeup,
         *,
+        database_url: str,
         name: str = "dispatcher",
         page_size: int = 1000,
         fallback_poll_s: float = 1.0,
@@ -156,12 +168,14 @@ class Dispatcher:
         self.ledger = ledger
         self.streams = streams
         self.wakeup = wakeup
+        self.database_url = database_url
         self.name = name
         self.page_size = page_size
         self.fallback_poll_s = fallback_poll_s
         self.position = 0
         self.published = 0
-        self._select_page = SELECT_PAGE.format(table=ledger.events_table)
+        self._step = STEP.format(table=ledger.events_table).encode()
+        self._conn: psycopg.AsyncConnection[DictRow] | None = None
 
     async def load_position(self) -> int:
         rows = await fetch(self.ledger, SELECT_POSITION, (self.name,))
@@ -171,28 +185,69 @@ class Dispatcher:
     async def run(self) -> None:
         await self.load_position()
         delay = 0.0
-        while True:
-            try:
-                more = await self.step()
-            except REDIS_DOWN as e:
-                # The position did not move: the page is published again once Redis is back.
-                if not delay:
-                    log.warning("cannot publish, redis unreachable", error=str(e))
-                delay = min(max(delay * 2, 0.05), 2.0)
-                await anyio.sleep(delay)
-                continue
-            delay = 0.0
-            if not more:
-                await self.wakeup.wait(self.fallback_poll_s)
+        try:
+            while True:
+                try:
+                    more = await self.step()
+                except REDIS_DOWN as e:
+                    # The position did not move: the page is published again once Redis is back.
+                    if not delay:
+                        log.warning("cannot publish, redis unreachable", error=str(e))
+                    delay = min(max(delay * 2, 0.05), 2.0)
+                    await anyio.sleep(delay)
+                    continue
+                delay = 0.0
+                if not more:
+                    await self.wakeup.wait(self.fallback_poll_s)
+        finally:
+            await self.close()
 
     async def step(self) -> bool:
         """Publish one page of the log; True if the page was full (more may follow)."""
-        rows = await fetch(self.ledger, self._select_page, (self.position, self.page_size))
-        if not rows:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, row_factory=dict_row
+            )
+        params = {
+            "name": self.name,
+            "after": self.position,
+            "limit": self.page_size,
+            "queued": QUEUED_TOPIC,
+        }
+        rows = await (await self._conn.execute(self._step, params)).fetchall()
+        if not rows or rows[0]["last"] is None:
             return False
-        queued = [row["originator_id"] for row in rows if row["topic"] == QUEUED_TOPIC]
-        self.published += await publish_queued(self.ledger, self.streams, queued)
-        last = int(rows[-1]["notification_id"])
-        await fetch(self.ledger, STORE_POSITION, (self.name, last))
-        self.position = last
-        return len(rows) == self.page_size
+        ready = runnable(self._fold(rows).values())
+        await self.streams.publish(ready)
+        self.published += len(ready)
+        self.position = int(rows[0]["last"])  # stored with the next page's read
+        return int(rows[0]["size"]) == self.page_size
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with anyio.CancelScope(shield=True):
+                await self._conn.close()
+            self._conn = None
+
+    def _fold(self, rows: Sequence[DictRow]) -> dict[UUID, Job]:
+        stored = [
+            StoredEvent(
+                originator_id=row["originator_id"],
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
+            )
+            for row in rows
+            if row["originator_id"] is not None
+        ]
+        return fold_stored(self.ledger, stored)
+
+
+def fold_stored(ledger: Ledger, stored: Sequence[StoredEvent]) -> dict[UUID, Job]:
+    """Jobs from their stored events, in (job, version) order: as `Ledger.load_many` does."""
+    jobs: dict[UUID, Job] = {}
+    for item in stored:
+        event = ledger.app.mapper.to_domain_event(item)
+        assert isinstance(event, JobEvent)
+        jobs[event.originator_id] = evolve(jobs.get(event.originator_id), event)
+    return jobs

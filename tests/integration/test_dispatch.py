@@ -36,8 +36,11 @@ async def streams(settings: Settings, clean_redis: None) -> AsyncIterator[Stream
 
 
 async def catch_up(dispatcher: Dispatcher) -> None:
+    """Publish everything there is, then store the position (stored with the next read)."""
     while await dispatcher.step():
         pass
+    await dispatcher.step()
+    await dispatcher.close()
 
 
 async def test_each_queued_job_is_published_once_to_the_stream_of_its_type_and_priority(
@@ -48,7 +51,10 @@ async def test_each_queued_job_is_published_once_to_the_stream_of_its_type_and_p
     low = submit(ledger, 1, priority="low")
     later = submit(ledger, 1, run_at=utc_now().replace(year=2100))
 
-    await catch_up(Dispatcher(ledger, streams, Wakeup(), page_size=3))
+    dispatcher = Dispatcher(
+        ledger, streams, Wakeup(), database_url=settings.database_url, page_size=3
+    )
+    await catch_up(dispatcher)
 
     messages = stream_messages(settings.redis_url, settings.redis_prefix)
     by_job = Counter(m["job"]["id"] for m in messages)
@@ -67,7 +73,7 @@ async def test_a_job_cancelled_before_dispatch_is_not_published(
     kept, cancelled = submit(ledger, 2)
     ledger.append([change(cancelled, commands.request_cancel(cancelled, "cli", utc_now()))])
 
-    await catch_up(Dispatcher(ledger, streams, Wakeup()))
+    await catch_up(Dispatcher(ledger, streams, Wakeup(), database_url=settings.database_url))
 
     ids = [m["job"]["id"] for m in stream_messages(settings.redis_url, settings.redis_prefix)]
     assert ids == [str(kept.id)]
@@ -77,10 +83,10 @@ async def test_a_restarted_dispatcher_resumes_after_its_stored_position(
     ledger: Ledger, settings: Settings, streams: Streams
 ) -> None:
     first = submit(ledger, 3)
-    await catch_up(Dispatcher(ledger, streams, Wakeup()))
+    await catch_up(Dispatcher(ledger, streams, Wakeup(), database_url=settings.database_url))
     second = submit(ledger, 2)
 
-    restarted = Dispatcher(ledger, streams, Wakeup())
+    restarted = Dispatcher(ledger, streams, Wakeup(), database_url=settings.database_url)
     position = await restarted.load_position()
     await catch_up(restarted)
 
@@ -95,7 +101,13 @@ async def test_a_running_dispatcher_is_woken_by_the_ledgers_notify_not_its_poll(
     ledger: Ledger, settings: Settings, streams: Streams
 ) -> None:
     listener = LedgerListener(settings.database_url, ledger.events_table)
-    dispatcher = Dispatcher(ledger, streams, listener.subscribe(), fallback_poll_s=60.0)
+    dispatcher = Dispatcher(
+        ledger,
+        streams,
+        listener.subscribe(),
+        database_url=settings.database_url,
+        fallback_poll_s=60.0,
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(listener.run)
         tg.start_soon(dispatcher.run)
