@@ -27,6 +27,7 @@ from ledger.domain import job as domain
 from ledger.domain.errors import (
     ConcurrencyConflict,
     IdempotencyConflict,
+    InvalidJob,
     JobNotFound,
     QuotaExceeded,
 )
@@ -238,10 +239,17 @@ class Ledger:
         ids = list(job_ids or [None] * len(items))
         found: list[Job | None] = []
         changes: list[Change] = []
-        for (spec, fingerprint), given_id in zip(items, ids, strict=True):
+        seen: set[UUID] = set()
+        for index, ((spec, fingerprint), given_id) in enumerate(zip(items, ids, strict=True)):
             job_id = given_id or (
                 job_id_for_key(spec.org, spec.idempotency_key) if spec.idempotency_key else uuid4()
             )
+            if job_id in seen:  # else the batch would conflict with itself on every retry
+                raise InvalidJob(
+                    f"job {index} of the batch repeats the idempotency key or id of an earlier one",
+                    [{"loc": ["jobs", index], "msg": "repeated key", "type": "duplicate"}],
+                )
+            seen.add(job_id)
             existing = self._existing(job_id, spec, fingerprint)
             found.append(existing)
             if existing is None:

@@ -13,6 +13,7 @@ import pytest
 from ledger import (
     ConcurrencyConflict,
     IdempotencyConflict,
+    InvalidJob,
     Job,
     JobSpec,
     Ledger,
@@ -226,3 +227,13 @@ def test_a_failed_notice_does_not_notify_about_itself(ledger: Ledger) -> None:
 
 def _fields(spec: JobSpec) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in spec.__slots__}
+
+
+def test_a_batch_repeating_an_idempotency_key_is_rejected_and_writes_nothing(
+    ledger: Ledger,
+) -> None:
+    spec, fingerprint = keyed(ledger, "twice")
+    before = ledger.max_position()
+    with pytest.raises(InvalidJob, match="job 2 of the batch repeats"):
+        ledger.submit_many([(a_spec(), None), (spec, fingerprint), (spec, fingerprint)])
+    assert ledger.max_position() == before
