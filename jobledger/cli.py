@@ -203,9 +203,11 @@ def submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def _first_error(e: Any) -> str:
     first = e.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "input"
-    names = {"payload": "--payload", "delay_s": "--delay-s", "run_at": "--run-at"}
-    return f"{names.get(where, where)}: {first['msg']}"
+    if not first["loc"]:
+        return str(first["msg"])
+    field, *inner = (str(p) for p in first["loc"])
+    where = ".".join(["--" + field.replace("_", "-"), *inner])  # the option, as typed
+    return f"{where}: {first['msg']}"
 
 
 @command("show")

@@ -84,6 +84,7 @@ BAD_INPUT: list[tuple[tuple[str, ...], str, dict[str, str]]] = [
         {},
     ),
     ((*SUBMIT, "--payload", '{"sleep_ms": '), "--payload is not valid JSON", {}),
+    ((*SUBMIT, "--max-attempts", "0"), "--max-attempts: Input should be greater than", {}),
     (("submit", "diag.echo", "--org", "Bad Org"), "invalid organisation 'Bad Org'", {}),
     (
         (*SUBMIT, "--delay-s", "1", "--run-at", "2030-01-01T00:00:00Z"),
