@@ -42,6 +42,7 @@ log = structlog.get_logger("jobledger.scheduler")
 # "skip" schedules drop it, "once" schedules fire it.
 MISFIRE_GRACE = timedelta(seconds=10)
 MIN_SLEEP_S = 0.01
+RETRY_S = 2.0  # after a failed submission; well inside MISFIRE_GRACE
 
 CREATE_TICKS = """
 CREATE TABLE IF NOT EXISTS jl_schedule_ticks (
@@ -229,9 +230,9 @@ class Scheduler:
         fired = []
         for schedule in self.schedules:
             tick = due_tick(schedule, self.checked.get(schedule.name), now)
-            self.checked[schedule.name] = now
             if tick is not None:
                 fired.append(self._submit(schedule, tick, now))
+            self.checked[schedule.name] = now  # only once the tick is handled
         if fired:
             with self.ledger.connection() as conn:
                 conn.cursor().executemany(RECORD_TICK, [(f.schedule, now) for f in fired])
@@ -260,7 +261,13 @@ class Scheduler:
         log.info("scheduler started", schedules=[s.name for s in self.schedules])
         while not self._stopped.is_set():
             now = self.clock()
-            await anyio.to_thread.run_sync(self.fire_due, now)
+            try:
+                await anyio.to_thread.run_sync(self.fire_due, now)
+            except Exception:  # the database is away: a due tick is tried again
+                log.exception("scheduler could not submit; retrying", retry_s=RETRY_S)
+                with anyio.move_on_after(RETRY_S):
+                    await self._stopped.wait()
+                continue
             wake = self.next_wake(now)
             with anyio.move_on_after(_seconds_until(wake, self.clock())):
                 await self._stopped.wait()
