@@ -185,3 +185,17 @@ def test_the_scheduler_runs_until_sigterm_and_exits_0(env: dict[str, str], tmp_p
     assert "scheduler started" in process.stderr.readline()
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
+
+
+def test_types_lists_every_type_with_the_delays_in_effect(env: dict[str, str]) -> None:
+    lines = ok({**env, "JOBLEDGER_RETRY_DELAYS": "0.2,0.4"}, "types", "--json").splitlines()
+    types = {row["name"]: row for row in map(json.loads, lines)}
+    assert set(types) >= {
+        "diag.echo", "content.generate", "content.publish", "context.scrape", "rss.sync",
+        "analytics.collect", "token.refresh", "brand.learn", "notify.send",
+    }  # fmt: skip
+    generate = types["content.generate"]
+    assert (generate["timeout_s"], generate["retry_delays_s"]) == (300.0, [0.2, 0.4])
+    assert generate["max_attempts"] == 3
+    assert generate["payload_schema"]["additionalProperties"] is False
+    assert "brief" in generate["payload_schema"]["required"]

@@ -88,3 +88,19 @@ def test_what_is_saved_is_what_is_replayed(
         "status": expected.status.value, "version": expected.version,
         "attempts": expected.attempts,
     }  # fmt: skip
+
+
+def test_the_log_lists_every_event_once_in_commit_order(ledger: Ledger) -> None:
+    start = ledger.max_position()
+    first, _ = ledger.submit(a_spec())
+    ledger.execute(first.id, lambda j: domain.start_attempt(j, "w-1", 30.0, T0))
+    second, _ = ledger.submit(a_spec())
+    log = ledger.read_log(start)
+    positions = [position for position, _ in log]
+    assert positions == sorted(set(positions))
+    assert [(e.originator_id, e.TYPE) for _, e in log] == [
+        (first.id, "submitted"), (first.id, "queued"), (first.id, "attempt_started"),
+        (second.id, "submitted"), (second.id, "queued"),
+    ]  # fmt: skip
+    assert ledger.max_position() == positions[-1]
+    assert ledger.read_log(positions[1], limit=2) == log[2:4]

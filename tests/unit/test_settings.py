@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobledger.wiring import StartupError, load_settings
+from jobledger.wiring import StartupError, load_job_types, load_settings
 from ledger import Settings
 
 VARIABLES = (
@@ -109,3 +109,9 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError):
         settings.active_limit = 3  # type: ignore[misc]
+
+
+def test_a_handlers_module_that_cannot_be_imported_is_named() -> None:
+    settings = Settings(handlers=("myapp.no_such_jobs",))
+    with pytest.raises(StartupError, match="cannot import JOBLEDGER_HANDLERS module 'myapp"):
+        load_job_types(settings)
