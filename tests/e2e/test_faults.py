@@ -221,3 +221,32 @@ def test_every_job_ends_exactly_once_when_redis_restarts_mid_run_under_up(
             [["up", "--workers", "2", "--port", str(free_port())]],
         )  # fmt: skip
     assert_each_ended_once(ledger, jobs)
+
+
+def test_a_message_published_three_times_starts_one_attempt_on_real_workers(
+    ledger: Ledger, settings: Settings, fast_env: dict[str, str], roles: list[Role],
+    clean_redis: None,
+) -> None:  # fmt: skip
+    import anyio
+    import redis.asyncio as aioredis
+
+    from consumers.streams import StreamKeys, Streams
+
+    jobs = submit(ledger, 5, payload={"sleep_ms": 100})
+
+    async def publish_thrice() -> None:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        streams = Streams(client, StreamKeys(settings.redis_prefix))
+        for _ in range(3):
+            await streams.publish(jobs)
+        await client.aclose()
+
+    anyio.run(publish_thrice)
+    roles += [Role(["worker"], fast_env), Role(["worker"], fast_env)]
+
+    ids = [j.id for j in jobs]
+    wait_for(lambda: all(s.is_terminal for s in statuses(ledger, ids).values()), 60, "the jobs")
+    for job_id in ids:
+        kinds = [e.TYPE for e in ledger.history(job_id)]
+        assert kinds.count("attempt_started") == 1, kinds
+        assert kinds[-1] == "attempt_succeeded"
