@@ -5,9 +5,12 @@ Other packages use what is named here.
 
 from projections.errors import InvalidCursor, PositionMoved, ProjectionError
 from projections.queries import Histogram, JobQueries, Lag, MetricsSnapshot
+from projections.runner import Follower, Projector, RebuildReport
+from projections.runner import rebuild as rebuild_views
 from projections.views import create as create_views
 
 __all__ = [
+    "Follower",
     "Histogram",
     "InvalidCursor",
     "JobQueries",
@@ -15,5 +18,8 @@ __all__ = [
     "MetricsSnapshot",
     "PositionMoved",
     "ProjectionError",
+    "Projector",
+    "RebuildReport",
     "create_views",
+    "rebuild_views",
 ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from ledger import Job, JobEvent, as_document, evolve, from_snapshot, to_snapshot
+from ledger import Job, JobEvent, evolve, from_snapshot, to_snapshot
 
 # Upper bounds of the attempt-duration histogram, in seconds; one more bucket is +Inf.
 DURATION_BUCKETS_S = (
@@ -58,12 +58,36 @@ class JobRow:
     def state(self) -> dict[str, Any]:
         return to_snapshot(self.job)
 
-    def document(self) -> dict[str, Any]:
-        return as_document(self.job)
-
     @classmethod
     def from_state(cls, state: dict[str, Any], seq: int) -> JobRow:
         return cls(from_snapshot(state), seq)
+
+
+_WAITING = frozenset({"scheduled", "retrying"})
+
+
+def document(state: dict[str, Any]) -> dict[str, Any]:
+    """The contract's job object from a row's state: `ledger.as_document` of the same job."""
+    return {
+        "id": state["id"],
+        "org": state["org"],
+        "type": state["type"],
+        "status": state["status"],
+        "priority": state["priority"],
+        "payload": state["payload"],
+        "result": state["result"],
+        "attempts": state["attempts"],
+        "max_attempts": state["max_attempts"],
+        "created_at": state["created_at"],
+        "run_at": state["run_at"],
+        "started_at": state["started_at"],
+        "finished_at": state["finished_at"],
+        "next_attempt_at": state["next_attempt_at"] if state["status"] in _WAITING else None,
+        "last_error": state["last_error"],
+        "cancel_requested": state["cancel_requested"],
+        "idempotency_key": state["idempotency_key"],
+        "version": state["version"],
+    }
 
 
 def apply(row: JobRow | None, position: int, event: JobEvent) -> JobRow:

@@ -25,17 +25,18 @@ from projections.job_status import (
     DURATION_COUNT,
     DURATION_SUM_US,
     bucket_metric,
+    document,
 )
 
 EVENTS_TABLE = "jobledger_events"
 STATUSES = tuple(s.value for s in Status)
 _NO_CURSOR = 2**63 - 1
 
-GET_JOB = "SELECT doc FROM jl_view_jobs WHERE job_id = %(id)s"
-GET_ORG_JOB = "SELECT doc FROM jl_view_jobs WHERE job_id = %(id)s AND org = %(org)s"
+GET_JOB = "SELECT state FROM jl_view_jobs WHERE job_id = %(id)s"
+GET_ORG_JOB = "SELECT state FROM jl_view_jobs WHERE job_id = %(id)s AND org = %(org)s"
 
 # One named statement per filter combination, so each one has a plan on its index.
-_LIST = "SELECT doc, seq FROM jl_view_jobs WHERE seq < %(before)s{} ORDER BY seq DESC LIMIT %(n)s"
+_LIST = "SELECT state, seq FROM jl_view_jobs WHERE seq < %(before)s{} ORDER BY seq DESC LIMIT %(n)s"
 _FILTERS = {"org": " AND org = %(org)s", "status": " AND status = %(status)s",
             "type": " AND job_type = %(type)s"}  # fmt: skip
 LIST_JOBS = {
@@ -51,11 +52,11 @@ LIST_JOBS = {
 STATS = "SELECT status, job_type, sum(n)::bigint FROM jl_view_counts GROUP BY status, job_type"
 ORG_STATS = "SELECT status, job_type, n FROM jl_view_counts WHERE org = %(org)s"
 DEAD_LETTERS = """
-SELECT doc FROM jl_view_jobs WHERE status = 'failed'
+SELECT state FROM jl_view_jobs WHERE status = 'failed'
 ORDER BY updated_at DESC, seq DESC LIMIT %(n)s
 """
 ORG_DEAD_LETTERS = """
-SELECT doc FROM jl_view_jobs WHERE status = 'failed' AND org = %(org)s
+SELECT state FROM jl_view_jobs WHERE status = 'failed' AND org = %(org)s
 ORDER BY updated_at DESC, seq DESC LIMIT %(n)s
 """
 # The age of the oldest unprojected event comes from its recorded timestamp.
@@ -74,12 +75,6 @@ UNION ALL
 SELECT job_type, 'queued', sum(n)::bigint FROM jl_view_counts WHERE status = 'queued'
 GROUP BY job_type
 """
-
-DOC_KEYS = (
-    "id", "org", "type", "status", "priority", "payload", "result", "attempts",
-    "max_attempts", "created_at", "run_at", "started_at", "finished_at", "next_attempt_at",
-    "last_error", "cancel_requested", "idempotency_key", "version",
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +126,6 @@ def decode_cursor(cursor: str) -> int:
     return seq
 
 
-def _ordered(doc: dict[str, Any]) -> dict[str, Any]:
-    """The job object in the contract's key order (as `ledger.as_document` makes it)."""
-    return {key: doc[key] for key in DOC_KEYS}
-
-
 class JobQueries:
     """`qs = await JobQueries.open(url)`; every method is one round trip."""
 
@@ -178,7 +168,7 @@ class JobQueries:
         """The job object, or None if missing or another org's."""
         query = GET_JOB if org is None else GET_ORG_JOB
         rows = await self._all(query, {"id": job_id, "org": org})
-        return _ordered(rows[0][0]) if rows else None
+        return document(rows[0][0]) if rows else None
 
     async def list(
         self,
@@ -196,7 +186,7 @@ class JobQueries:
         query = LIST_JOBS[(org is not None, status is not None, type is not None)]
         params = {"org": org, "status": status, "type": type, "before": before, "n": limit + 1}
         rows = await self._all(query, params)
-        items = [_ordered(doc) for doc, _ in rows[:limit]]
+        items = [document(doc) for doc, _ in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1][1]) if len(rows) > limit else None
         return items, next_cursor
 
@@ -213,7 +203,7 @@ class JobQueries:
     async def dead_letters(self, org: str | None, limit: int = 50) -> builtins.list[dict[str, Any]]:
         """Failed jobs, the latest failure first."""
         query = DEAD_LETTERS if org is None else ORG_DEAD_LETTERS
-        return [_ordered(doc) for (doc,) in await self._all(query, {"org": org, "n": limit})]
+        return [document(doc) for (doc,) in await self._all(query, {"org": org, "n": limit})]
 
     async def lag(self) -> Lag:
         rows = await self._all(LAG, {})

@@ -2,16 +2,16 @@
 
 `ViewStore.commit` writes a batch's rows, counts and metrics and moves the
 tracking position in ONE transaction, a handful of statements whatever the
-batch size, after locking the tracking row and checking that the position is
-the one the batch was computed from. So a batch lands whole or not at all,
-never twice, and two writers (a projector and a rebuild, or a leader that lost
-its lock) can never interleave.
+batch size. It first moves the position, and only from the one the batch was
+computed from: so a batch lands whole or not at all, never twice, and two
+writers (a projector and a rebuild, or a leader that lost its lock) can never
+interleave. Rows are read together with the position they reflect.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -21,15 +21,14 @@ from projections.errors import PositionMoved
 from projections.job_status import Batch, JobRow
 
 PROJECTION = "job_status"
-JOBS = "jl_view_jobs"
-COUNTS = "jl_view_counts"
-METRICS = "jl_view_metrics"
-TRACKING = "jl_view_tracking"
-VIEW_TABLES = (JOBS, COUNTS, METRICS)
+# The comment on jl_view_jobs, bumped whenever the views' tables change: `create`
+# then drops them and the projector rebuilds them from the ledger.
+SCHEMA_VERSION = "jobledger views 2"
 
-# `doc` is the contract's job object and `state` the ledger snapshot the next
-# event folds into; both `json` (not jsonb) so the object keeps its key order.
-CREATE_VIEWS = """
+# `state` is the ledger's snapshot of the job (every field of the job object
+# and what the next event folds into); `json`, not jsonb: cheaper to write,
+# and it keeps its key order.
+CREATE_TABLES = """
 CREATE TABLE IF NOT EXISTS jl_view_jobs (
     job_id uuid PRIMARY KEY,
     seq bigint NOT NULL,
@@ -40,16 +39,8 @@ CREATE TABLE IF NOT EXISTS jl_view_jobs (
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL,
     version integer NOT NULL,
-    state json NOT NULL,
-    doc json NOT NULL
+    state json NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jl_view_jobs_seq ON jl_view_jobs (seq);
-CREATE INDEX IF NOT EXISTS jl_view_jobs_org ON jl_view_jobs (org, seq);
-CREATE INDEX IF NOT EXISTS jl_view_jobs_org_status ON jl_view_jobs (org, status, seq);
-CREATE INDEX IF NOT EXISTS jl_view_jobs_org_type ON jl_view_jobs (org, job_type, seq);
-CREATE INDEX IF NOT EXISTS jl_view_jobs_status ON jl_view_jobs (status, seq);
-CREATE INDEX IF NOT EXISTS jl_view_jobs_dead ON jl_view_jobs (org, updated_at, seq)
-    WHERE status = 'failed';
 CREATE TABLE IF NOT EXISTS jl_view_counts (
     org text NOT NULL,
     job_type text NOT NULL,
@@ -63,6 +54,21 @@ CREATE TABLE IF NOT EXISTS jl_view_metrics (
     n bigint NOT NULL,
     PRIMARY KEY (job_type, metric)
 );
+COMMENT ON TABLE jl_view_jobs IS 'jobledger views 2';
+"""
+TABLES_VERSION = """
+SELECT to_regclass('jl_view_jobs') IS NOT NULL,
+    obj_description(to_regclass('jl_view_jobs'), 'pg_class')
+"""
+# Secondary indexes: the list's filters (newest first by seq) and the dead letters.
+CREATE_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS jl_view_jobs_seq ON jl_view_jobs (seq);
+CREATE INDEX IF NOT EXISTS jl_view_jobs_org ON jl_view_jobs (org, seq);
+CREATE INDEX IF NOT EXISTS jl_view_jobs_org_status ON jl_view_jobs (org, status, seq);
+CREATE INDEX IF NOT EXISTS jl_view_jobs_org_type ON jl_view_jobs (org, job_type, seq);
+CREATE INDEX IF NOT EXISTS jl_view_jobs_status ON jl_view_jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jl_view_jobs_dead ON jl_view_jobs (org, updated_at, seq)
+    WHERE status = 'failed';
 """
 CREATE_TRACKING = """
 CREATE TABLE IF NOT EXISTS jl_view_tracking (
@@ -74,53 +80,74 @@ INSERT INTO jl_view_tracking (name, position) VALUES ('job_status', 0)
 ON CONFLICT (name) DO NOTHING;
 """
 DROP_VIEWS = "DROP TABLE IF EXISTS jl_view_jobs, jl_view_counts, jl_view_metrics"
-RESET_TRACKING = "UPDATE jl_view_tracking SET position = 0, updated_at = now() WHERE name = %s"
-
 LOCK_POSITION = "SELECT position FROM jl_view_tracking WHERE name = %s FOR UPDATE"
+RESET_POSITION = "UPDATE jl_view_tracking SET position = 0, updated_at = now() WHERE name = %s"
+
 READ_POSITION = "SELECT position FROM jl_view_tracking WHERE name = %s"
-SELECT_ROWS = "SELECT job_id, seq, state FROM jl_view_jobs WHERE job_id = ANY(%s)"
+# One statement, one snapshot: the rows and the position they reflect.
+SELECT_ROWS = """
+SELECT t.position, j.job_id, j.seq, j.state
+FROM jl_view_tracking t LEFT JOIN jl_view_jobs j ON j.job_id = ANY(%s)
+WHERE t.name = %s
+"""
+MOVE_POSITION = """
+UPDATE jl_view_tracking SET position = %s, updated_at = now()
+WHERE name = %s AND position = %s RETURNING position
+"""
 UPSERT_JOBS = """
 INSERT INTO jl_view_jobs AS j (job_id, seq, org, job_type, status, priority,
-    created_at, updated_at, version, state, doc)
-SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
-    %s::timestamptz[], %s::timestamptz[], %s::integer[], %s::json[], %s::json[])
+    created_at, updated_at, version, state)
+SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+    %b::timestamptz[], %b::timestamptz[], %b::integer[], %b::json[])
 ON CONFLICT (job_id) DO UPDATE SET
     status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, version = EXCLUDED.version,
-    state = EXCLUDED.state, doc = EXCLUDED.doc
+    state = EXCLUDED.state
 """
 UPSERT_COUNTS = """
 INSERT INTO jl_view_counts AS c (org, job_type, status, n)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[])
 ON CONFLICT (org, job_type, status) DO UPDATE SET n = c.n + EXCLUDED.n
 """
 # Rows that fell to zero go, so the counts hold exactly what a rebuild makes.
 DELETE_EMPTY_COUNTS = """
-DELETE FROM jl_view_counts c USING unnest(%s::text[], %s::text[], %s::text[]) AS k(o, t, s)
+DELETE FROM jl_view_counts c USING unnest(%b::text[], %b::text[], %b::text[]) AS k(o, t, s)
 WHERE c.org = k.o AND c.job_type = k.t AND c.status = k.s AND c.n = 0
 """
 UPSERT_METRICS = """
 INSERT INTO jl_view_metrics AS m (job_type, metric, n)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[])
 ON CONFLICT (job_type, metric) DO UPDATE SET n = m.n + EXCLUDED.n
 """
-MOVE_POSITION = "UPDATE jl_view_tracking SET position = %s, updated_at = now() WHERE name = %s"
 
 
 def create(conn: psycopg.Connection[Any]) -> None:
-    """Create the views and the tracking row if missing (safe to repeat)."""
+    """Create the views, their indexes and the tracking row if missing (safe to repeat).
+
+    Views of an older layout are dropped and start again from position 0: the
+    projector rebuilds them from the ledger.
+    """
+    exists, version = conn.execute(TABLES_VERSION).fetchone() or (False, None)
+    if exists and version != SCHEMA_VERSION:
+        recreate(conn)
     with conn.transaction():
-        conn.execute(CREATE_VIEWS)
+        conn.execute(CREATE_TABLES)
+        conn.execute(CREATE_INDEXES)
         conn.execute(CREATE_TRACKING)
 
 
 def recreate(conn: psycopg.Connection[Any]) -> None:
-    """Drop the views and start them empty at position 0, in one transaction."""
+    """Drop the views and start them empty at position 0 (secondary indexes come later)."""
     with conn.transaction():
         conn.execute(CREATE_TRACKING)
         conn.execute(LOCK_POSITION, (PROJECTION,))
         conn.execute(DROP_VIEWS)
-        conn.execute(CREATE_VIEWS)
-        conn.execute(RESET_TRACKING, (PROJECTION,))
+        conn.execute(CREATE_TABLES)
+        conn.execute(RESET_POSITION, (PROJECTION,))
+
+
+def create_indexes(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        conn.execute(CREATE_INDEXES)
 
 
 def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -132,7 +159,7 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 
 class ViewStore:
-    """Reads rows and commits batches on one connection of its own."""
+    """Reads rows and commits batches, on one autocommit connection of its own."""
 
     def __init__(self, conn: psycopg.Connection[Any], name: str = PROJECTION) -> None:
         self.conn = conn
@@ -140,32 +167,28 @@ class ViewStore:
 
     def position(self) -> int:
         row = self.conn.execute(READ_POSITION, (self.name,)).fetchone()
-        self.conn.commit()
         return int(row[0]) if row else 0
 
-    def commit(self, expected: int, batch_of: Any, wanted: Iterable[UUID]) -> Batch:
-        """Lock the position, read the rows `batch_of(rows)` needs, write its batch.
+    def rows(self, job_ids: Collection[UUID], expected: int) -> dict[UUID, JobRow]:
+        """The stored rows of these jobs; PositionMoved unless they reflect `expected`."""
+        found = self.conn.execute(SELECT_ROWS, (list(job_ids), self.name)).fetchall()
+        position = int(found[0][0]) if found else -1
+        if position != expected:
+            raise PositionMoved(expected, position)
+        return {
+            job_id: JobRow.from_state(state, seq)
+            for _, job_id, seq, state in found
+            if job_id is not None
+        }
 
-        `batch_of` gets the stored rows of the `wanted` jobs and returns the
-        Batch; raises PositionMoved (and writes nothing) when the position is
-        not `expected`, i.e. another writer got there first.
-        """
+    def commit(self, expected: int, batch: Batch) -> None:
+        """Write the batch and move the position from `expected`, in one transaction."""
         conn = self.conn
-        ids = list(wanted)
         with conn.pipeline(), conn.transaction():
-            locked = conn.execute(LOCK_POSITION, (self.name,))
-            found = conn.execute(SELECT_ROWS, (ids,)) if ids else None
-            row = locked.fetchone()
-            position = int(row[0]) if row else -1
-            if position != expected:
-                raise PositionMoved(expected, position)
-            stored = {
-                job_id: JobRow.from_state(state, seq)
-                for job_id, seq, state in (found.fetchall() if found else [])
-            }
-            batch: Batch = batch_of(stored)
+            moved = conn.execute(MOVE_POSITION, (batch.position, self.name, expected))
             self._write(batch)
-        return batch
+            if moved.fetchone() is None:  # raising here rolls the writes back
+                raise PositionMoved(expected, self.position())
 
     def _write(self, batch: Batch) -> None:
         conn = self.conn
@@ -175,11 +198,11 @@ class ViewStore:
                 (
                     job_id, row.seq, row.job.org, row.job.type, row.job.status.value,
                     row.job.priority, row.job.created_at, row.job.updated_at, row.job.version,
-                    dumps(row.state()), dumps(row.document()),
+                    dumps(row.state()),
                 )
                 for job_id, row in batch.rows.items()
             )  # fmt: skip
-            conn.execute(UPSERT_JOBS, _columns(rows, 11))
+            conn.execute(UPSERT_JOBS, _columns(rows, 10))
         if batch.counts:
             orgs, types, statuses, deltas = _columns(
                 ((*key, n) for key, n in batch.counts.items()), 4
@@ -190,4 +213,3 @@ class ViewStore:
             conn.execute(
                 UPSERT_METRICS, _columns(((*key, n) for key, n in batch.metrics.items()), 3)
             )
-        conn.execute(MOVE_POSITION, (batch.position, self.name))
