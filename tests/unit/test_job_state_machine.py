@@ -318,6 +318,21 @@ class JobLifecycle(RuleBasedStateMachine):
                 assert event.next_attempt_at >= event.timestamp
 
     @invariant()
+    def the_job_object_follows_the_contract(self) -> None:
+        if self.job is None:
+            return
+        doc = domain.as_document(self.job)
+        assert doc["status"] == self.job.status.value
+        assert (doc["finished_at"] is not None) == self.job.status.is_terminal
+        waiting = self.job.status in (Status.SCHEDULED, Status.RETRYING)
+        assert (doc["next_attempt_at"] is not None) == waiting
+        assert doc["attempts"] == sum(isinstance(e, AttemptStarted) for e in self.events)
+        assert (doc["started_at"] is not None) == (doc["attempts"] > 0)
+        assert doc["version"] == len(self.events)
+        if self.job.status is Status.SUCCEEDED:
+            assert doc["last_error"] is None
+
+    @invariant()
     def replaying_the_events_rebuilds_the_state(self) -> None:
         if self.job is None:
             return
