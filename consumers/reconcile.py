@@ -9,8 +9,9 @@ retries them if their worker is lost too.
 
 The watcher notices a loss in two ways: a connection error followed by a
 successful PING, or its marker key missing (a FLUSHALL keeps the connection).
-It also reconciles every `interval_s`, publishing jobs queued for longer than
-that, as a safety net.
+Every `interval_s` it also compares the streams' length with the number of
+queued jobs and, if the streams hold fewer, publishes the jobs queued for
+longer than that: a safety net for whatever the two signals miss.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ WHERE status = 'queued' AND updated_at <= %s
   AND (priority, created_at, job_id) > (%s, %s, %s)
 ORDER BY priority, created_at, job_id LIMIT %s
 """
+COUNT_QUEUED = "SELECT count(*) AS n FROM jl_jobs WHERE status = 'queued'"
 FIRST_KEY: tuple[Any, ...] = (-1, datetime(1970, 1, 1, tzinfo=UTC), uuid.UUID(int=0))
 
 
@@ -94,8 +96,29 @@ class RedisWatch:
                 await self._reconcile(cause, 0.0)
                 last_full = anyio.current_time()
             elif anyio.current_time() - last_full >= self.interval_s:
-                await self._reconcile("periodic", self.interval_s)
+                if await self._streams_short():
+                    await self._reconcile("periodic", self.interval_s)
                 last_full = anyio.current_time()
+
+    async def _streams_short(self) -> bool:
+        """Fewer messages in the streams than queued jobs: something was lost.
+
+        A cheap test, so the safety net does not flood a long backlog with
+        duplicates every interval. Messages of running attempts and duplicates
+        count too, so it can miss a loss; the marker and reconnects catch those.
+        """
+        rows = await fetch(self.ledger, COUNT_QUEUED)
+        queued = int(rows[0]["n"])
+        if not queued:
+            return False
+        try:
+            async with self.streams.client.pipeline(transaction=False) as pipe:
+                for name in self.stream_names:
+                    pipe.xlen(name)
+                lengths = await pipe.execute()
+        except REDIS_DOWN:
+            return True
+        return sum(int(n) for n in lengths) < queued
 
     async def _lost(self) -> str | None:
         """Why Redis needs reconciling now, or None."""

@@ -202,3 +202,32 @@ def test_the_reconcile_command_prints_how_many_jobs_it_redispatched(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "re-dispatched 3 queued job(s)"
     assert len(published_ids(settings.redis_url, settings.redis_prefix)) == 3
+
+
+async def test_the_periodic_safety_net_republishes_only_when_the_streams_hold_fewer_messages(
+    ledger: Ledger, settings: Settings, streams: Streams
+) -> None:
+    import anyio
+
+    from consumers.reconcile import RedisWatch
+
+    jobs = submit(ledger, 3)
+    [first, *_] = await streams.publish(jobs)
+    watch = RedisWatch(
+        ledger, streams, stream_names(ledger, streams.keys), interval_s=0.3, check_s=0.05
+    )
+    await streams.client.set(watch.marker, "1")  # Redis has lost nothing
+
+    async def watch_for(seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await watch.run()
+
+    await watch_for(1.0)
+    assert watch.reconciled == 0  # as many messages as queued jobs: no duplicates
+
+    await streams.client.xdel(streams.keys.stream("diag.echo", "normal"), first)
+    await watch_for(1.0)
+    assert watch.reconciled == 3
+    assert Counter(published_ids(settings.redis_url, settings.redis_prefix)) == Counter(
+        {jobs[0].id: 1, jobs[1].id: 2, jobs[2].id: 2}
+    )
