@@ -18,7 +18,6 @@ from ledger import Job, Ledger, Settings
 from tests.control_plane_support import (
     PrivateRedis,
     Role,
-    delete_prefix,
     free_port,
     private_redis,
     published_ids,
@@ -30,6 +29,7 @@ from tests.control_plane_support import (
 )
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["tests.control_plane_fixtures"]  # fixtures: clean_redis
 
 DELAYS = (0.2, 0.4)
 
@@ -51,12 +51,6 @@ def roles() -> Iterator[list[Role]]:
     yield started
     for role in started:
         role.kill9()
-
-
-@pytest.fixture
-def clean_redis(settings: Settings) -> Iterator[None]:
-    yield
-    delete_prefix(settings.redis_url, settings.redis_prefix)
 
 
 def log_lines(role: Role) -> list[dict[str, object]]:

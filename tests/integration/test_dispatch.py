@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from consumers.dispatcher import Dispatcher, LedgerListener, Wakeup
 from consumers.streams import StreamKeys, Streams
 from ledger import Ledger, Settings, change, commands, utc_now
-from tests.control_plane_support import delete_prefix, stream_messages, submit
+from tests.control_plane_support import (
+    stream_messages,
+    submit,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def clean_redis(settings: Settings) -> Iterator[None]:
-    yield
-    delete_prefix(settings.redis_url, settings.redis_prefix)
-
-
-@pytest.fixture
-async def streams(settings: Settings, clean_redis: None) -> AsyncIterator[Streams]:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    yield Streams(client, StreamKeys(settings.redis_prefix))
-    await client.aclose()
+pytest_plugins = ["tests.control_plane_fixtures"]  # fixtures: anyio_backend, clean_redis, streams
 
 
 async def catch_up(dispatcher: Dispatcher) -> None:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import pytest
-import redis.asyncio as aioredis
 
 from consumers.control_plane import stream_names
 from consumers.reaper import Reaper
 from consumers.reconcile import reconcile
-from consumers.streams import GROUP, StreamKeys, Streams
+from consumers.streams import GROUP, Streams
 from ledger import (
     ConcurrencyConflict,
     Job,
@@ -34,24 +32,7 @@ from tests.control_plane_support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def clean_redis(settings: Settings) -> Iterator[None]:
-    yield
-    delete_prefix(settings.redis_url, settings.redis_prefix)
-
-
-@pytest.fixture
-async def streams(settings: Settings, clean_redis: None) -> AsyncIterator[Streams]:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    yield Streams(client, StreamKeys(settings.redis_prefix))
-    await client.aclose()
+pytest_plugins = ["tests.control_plane_fixtures"]  # fixtures: anyio_backend, clean_redis, streams
 
 
 def expire_lease(ledger: Ledger, job: Job) -> None:

@@ -15,11 +15,7 @@ from ledger import Job, Ledger, RetryPolicy, Settings, Status, change, commands,
 from tests.control_plane_support import queued_at, start, statuses, submit
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+pytest_plugins = ["tests.control_plane_fixtures"]  # fixtures: anyio_backend
 
 
 @pytest.fixture
