@@ -12,7 +12,10 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from uuid import UUID, uuid4
 
-from ledger import Job, JobEvent, Ledger, RetryPolicy, change, commands, utc_now
+import psycopg
+
+from ledger import Job, JobEvent, Ledger, RetryPolicy, Status, change, commands, utc_now
+from projections import Follower
 from tests.factories import a_spec
 
 ORGS = ("acme", "globex", "initech")
@@ -69,8 +72,8 @@ PLANS: tuple[tuple[Step, ...], ...] = (
     (_cancel,),
     (_start, _cancel, _confirm_cancel),
     (_start, _fail(True), _enqueue),
-    (),  # scheduled in the future: stays scheduled
-    (),  # stays queued
+    (),  # stays queued (or scheduled, for the tenth submitted an hour ahead)
+    (),
 )
 
 
@@ -98,7 +101,10 @@ def drive(ledger: Ledger, jobs: Sequence[Job], *, chunk: int = 500, seed: int = 
     """Move each job through its plan (by its index), one step per job per transaction."""
     rng = random.Random(seed)
     current = {job.id: job for job in jobs}
-    plans = {job.id: PLANS[i % len(PLANS)] for i, job in enumerate(jobs)}
+    plans = {
+        job.id: () if job.status is Status.SCHEDULED else PLANS[i % len(PLANS)]
+        for i, job in enumerate(jobs)
+    }
     for round_ in range(max(len(p) for p in PLANS)):
         due: list[UUID] = [i for i in current if round_ < len(plans[i])]
         for start in range(0, len(due), chunk):
@@ -116,3 +122,35 @@ def drive(ledger: Ledger, jobs: Sequence[Job], *, chunk: int = 500, seed: int = 
 def workload(ledger: Ledger, jobs: int, *, chunk: int = 500, seed: int = 1) -> list[Job]:
     """Submit `jobs` jobs and drive them all; about 4.6 events per job."""
     return drive(ledger, submit_jobs(ledger, jobs, chunk=chunk, seed=seed), chunk=chunk, seed=seed)
+
+
+VIEW_ROWS = {
+    "jobs": "SELECT job_id, seq, org, job_type, status, priority, created_at, updated_at,"
+    " version, state::text FROM jl_view_jobs ORDER BY job_id",
+    "counts": "SELECT org, job_type, status, n FROM jl_view_counts ORDER BY 1, 2, 3",
+    "metrics": "SELECT job_type, metric, n FROM jl_view_metrics ORDER BY 1, 2",
+}
+
+
+def view_rows(database_url: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every view, in a fixed order, to compare two builds."""
+    with psycopg.connect(database_url) as conn:
+        return {name: conn.execute(query).fetchall() for name, query in VIEW_ROWS.items()}
+
+
+def tracked_position(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT position FROM jl_view_tracking").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def catch_up(ledger: Ledger, database_url: str, *, batch_size: int = 1000) -> int:
+    """Follow the log to its end in batches; the number of events applied."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        follower = Follower(ledger, conn, page_size=batch_size)
+        total = 0
+        while n := follower.step():
+            total += n
+        follower.close()
+    return total
