@@ -30,6 +30,7 @@ from ledger import (
     JobEvent,
     RetryPolicy,
     Status,
+    as_document,
     from_snapshot,
     to_snapshot,
 )
@@ -321,7 +322,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def the_job_object_follows_the_contract(self) -> None:
         if self.job is None:
             return
-        doc = domain.as_document(self.job)
+        doc = as_document(self.job)
         assert doc["status"] == self.job.status.value
         assert (doc["finished_at"] is not None) == self.job.status.is_terminal
         waiting = self.job.status in (Status.SCHEDULED, Status.RETRYING)
