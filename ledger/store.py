@@ -34,6 +34,7 @@ from ledger.domain.errors import (
 from ledger.domain.events import JobEvent
 from ledger.domain.job import Job, JobSpec
 from ledger.domain.job_types import Registry
+from ledger.domain.notices import failure_notice
 from ledger.domain.status import Status
 from ledger.recorder import QUOTA_CONSTRAINT, UNLIMITED, IndexRow, LedgerRecorder, QuotaDelta
 from ledger.submission import job_id_for_key
@@ -181,7 +182,7 @@ class Ledger:
         for c in changes:
             if c.before is not None and c.before.status is Status.FAILED:
                 continue
-            notice = domain.failure_notice(c.after)
+            notice = failure_notice(c.after)
             if notice is None:
                 continue
             notice_id, payload = notice

@@ -1,5 +1,6 @@
 """The pure job domain: statuses, events, retry policy, commands and job types."""
 
+from ledger.domain.documents import as_document, event_document
 from ledger.domain.errors import (
     ConcurrencyConflict,
     IdempotencyConflict,
@@ -11,7 +12,7 @@ from ledger.domain.errors import (
     QuotaExceeded,
 )
 from ledger.domain.events import EVENT_TYPES, JobEvent
-from ledger.domain.job import Job, JobSpec, as_document, event_document, evolve, fold
+from ledger.domain.job import Job, JobSpec, evolve, fold
 from ledger.domain.job_types import JobType, Payload, Registry, registry
 from ledger.domain.retry import RetryPolicy
 from ledger.domain.snapshot import from_snapshot, to_snapshot

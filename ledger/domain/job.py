@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 from ledger.domain.errors import InvalidTransition
 from ledger.domain.events import (
@@ -329,68 +329,3 @@ def apply_all(job: Job | None, events: Sequence[JobEvent]) -> Job:
     result = fold(events, job)
     assert result is not None
     return result
-
-
-# ---------------------------------------------------------------- documents
-
-
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
-
-
-def as_document(job: Job) -> JSON:
-    """The job object of the contract, as the API and `jobledger show` print it."""
-    return {
-        "id": str(job.id),
-        "org": job.org,
-        "type": job.type,
-        "status": job.status.value,
-        "priority": job.priority,
-        "payload": job.payload,
-        "result": job.result,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "created_at": _iso(job.created_at),
-        "run_at": _iso(job.run_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "next_attempt_at": _iso(job.next_attempt_at)
-        if job.status in (Status.SCHEDULED, Status.RETRYING)
-        else None,
-        "last_error": job.last_error,
-        "cancel_requested": job.cancel_requested,
-        "idempotency_key": job.idempotency_key,
-        "version": job.version,
-    }
-
-
-def event_document(event: JobEvent) -> JSON:
-    data = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in event.data().items()}
-    return {
-        "version": event.originator_version,
-        "type": event.TYPE,
-        "at": _iso(event.timestamp),
-        "data": data,
-    }
-
-
-# ---------------------------------------------------------------- follow-ups
-
-
-def failure_notice(job: Job) -> tuple[UUID, JSON] | None:
-    """The `notify.send` job owed to the organisation when `job` has just failed.
-
-    Its id is derived from the job and the version at which it failed, so the
-    notice is submitted once however often the append is retried; a failed
-    notice does not notify about itself.
-    """
-    if job.status is not Status.FAILED or job.type == "notify.send":
-        return None
-    error = job.last_error or {}
-    payload: JSON = {
-        "kind": "job_failed",
-        "subject": f"{job.type} job {job.id} failed after {job.attempts} attempt(s)",
-        "message": f"{error.get('type', 'error')}: {error.get('message', '')}",
-        "job_id": str(job.id),
-    }
-    return uuid5(NAMESPACE_URL, f"jobledger:/jobs/{job.id}/failed/{job.version}"), payload
