@@ -14,13 +14,14 @@ is acknowledged and dropped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import datetime
 from uuid import UUID
 
 import anyio
 import structlog
 
-from consumers.dispatcher import fetch, publish_queued
+from consumers.dispatcher import REDIS_DOWN, fetch, publish_queued
 from consumers.streams import Message, Streams
 from ledger import (
     Change,
@@ -88,7 +89,8 @@ class Reaper:
         while True:
             await self.reap_expired()
             if anyio.current_time() - last_claim >= self.lease_s / 2:
-                await self.reclaim_idle()
+                with suppress(*REDIS_DOWN):  # Redis away: the reconcile watch takes over
+                    await self.reclaim_idle()
                 last_claim = anyio.current_time()
             await anyio.sleep(self.period_s)
 
