@@ -12,10 +12,11 @@ from ledger import Settings
 
 def add_parsers(sub: Any) -> None:
     """Add this area's sub-commands to the `jobledger` parser."""
-    sub.add_parser(
+    p = sub.add_parser(
         "projector",
         help="keep the job-status views up to date (one active instance, the others stand by)",
     )
+    p.add_argument("--batch-size", type=int, default=5000, help="most events per transaction")
     p = sub.add_parser(
         "rebuild", help="drop the projection tables and rebuild them from the ledger"
     )
@@ -26,11 +27,15 @@ def projector(args: argparse.Namespace, settings: Settings) -> int:
     """Follow the ledger until SIGTERM or Ctrl-C; exits 0."""
     import anyio
 
-    anyio.run(_serve, settings)
+    from jobledger.cli import UsageError
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    anyio.run(_serve, settings, args.batch_size)
     return 0
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, batch_size: int) -> None:
     import anyio
 
     from jobledger.wiring import make_ledger
@@ -38,7 +43,15 @@ async def _serve(settings: Settings) -> None:
 
     ledger = make_ledger(settings)
     try:
-        async with Projector(ledger, settings.database_url) as p, anyio.create_task_group() as tg:
+        async with (
+            Projector(
+                ledger,
+                settings.database_url,
+                page_size=min(1000, batch_size),
+                batch_size=batch_size,
+            ) as p,
+            anyio.create_task_group() as tg,
+        ):
 
             async def stop_on_signals() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

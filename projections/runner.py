@@ -63,8 +63,11 @@ class Follower:
         self._pending: Future[None] | None = None
 
     def close(self) -> None:
+        """Wait for the batch in flight; if it fails, it simply did not land."""
         try:
             self.flush()
+        except Exception as e:
+            log.info("the last batch did not land", error=str(e).strip()[:200])
         finally:
             if self._writer is not None:
                 self._writer.shutdown()
@@ -208,12 +211,14 @@ class Projector:
         database_url: str,
         *,
         page_size: int = 1000,
+        batch_size: int = 5000,
         poll_s: float = 1.0,
         leader_retry_s: float = 1.0,
     ) -> None:
         self.ledger = ledger
         self.database_url = database_url
         self.page_size = page_size
+        self.batch_size = batch_size
         self.poll_s = poll_s
         self.leader_retry_s = leader_retry_s
         self._stop = anyio.Event()
@@ -270,9 +275,15 @@ class Projector:
     async def _follow(self, leadership: Leadership) -> None:
         listen = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
         conn = await anyio.to_thread.run_sync(connect, self.database_url)
+        follower = Follower(
+            self.ledger,
+            conn,
+            page_size=self.page_size,
+            batch_size=self.batch_size,
+            write_behind=True,
+        )
         try:
             await listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_CHANNEL)))
-            follower = Follower(self.ledger, conn, page_size=self.page_size)
             while True:
                 while await self._step(follower) >= self.page_size // 2:
                     pass  # a busy log: go on without waiting
@@ -283,5 +294,7 @@ class Projector:
                     log.warning("projector lost its lock")
                     return
         finally:
-            await listen.close()
-            await anyio.to_thread.run_sync(conn.close)
+            with anyio.CancelScope(shield=True):
+                await listen.close()
+                await anyio.to_thread.run_sync(follower.close)
+                await anyio.to_thread.run_sync(conn.close)
