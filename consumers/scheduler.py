@@ -5,7 +5,8 @@ many schedulers run, the event store's primary key lets exactly one submission
 of a tick through; the others see a conflict and treat it as "already
 submitted". Which tick is due is a pure function of (schedule, the instant up
 to which the schedule was last checked, now); that instant is kept per schedule
-in `jl_schedule_ticks`, so catch-up after downtime knows what was missed.
+in `jl_schedule_ticks`, so a restarted scheduler knows what it missed and
+applies the schedule's catch-up rule (`resume_from`).
 
 ScheduleError (a JobledgerError)   a bad schedules file, naming schedule and field
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -38,11 +39,8 @@ from ledger import (
 
 log = structlog.get_logger("jobledger.scheduler")
 
-# A tick found this late counts as missed (the scheduler was down), not as due:
-# "skip" schedules drop it, "once" schedules fire it.
-MISFIRE_GRACE = timedelta(seconds=10)
 MIN_SLEEP_S = 0.01
-RETRY_S = 2.0  # after a failed submission; well inside MISFIRE_GRACE
+RETRY_S = 2.0  # after a failed submission
 
 CREATE_TICKS = """
 CREATE TABLE IF NOT EXISTS jl_schedule_ticks (
@@ -168,22 +166,27 @@ def latest_tick(schedule: Schedule, now: datetime) -> datetime:
     return at_or_before if at_or_before <= now else before.astimezone(UTC)
 
 
-def due_tick(schedule: Schedule, checked_until: datetime | None, now: datetime) -> datetime | None:
-    """The one tick to fire now, if any.
+def resume_from(schedule: Schedule, last_checked: datetime | None, now: datetime) -> datetime:
+    """Where a starting scheduler picks a schedule up: the catch-up rule after downtime.
 
-    `checked_until` is the instant up to which the schedule was already
-    handled (None: never; a new schedule has missed nothing). Of the ticks
-    since then only the latest can fire: at once if it is on time; if it was
-    missed (the scheduler was down), only with `catch_up = "once"`.
+    A schedule never checked before has missed nothing; "skip" drops the ticks
+    that passed while no scheduler ran; "once" keeps them, so `due_tick` fires
+    the most recent of them.
     """
-    if not schedule.enabled or checked_until is None:
+    if last_checked is None or schedule.catch_up == "skip":
+        return now
+    return last_checked
+
+
+def due_tick(schedule: Schedule, checked_until: datetime, now: datetime) -> datetime | None:
+    """The one tick to fire now, if any: the latest tick after `checked_until`.
+
+    A running scheduler that wakes late (a stalled machine) still fires it.
+    """
+    if not schedule.enabled:
         return None
     tick = latest_tick(schedule, now)
-    if tick <= checked_until:
-        return None
-    if schedule.catch_up == "skip" and now - tick > MISFIRE_GRACE:
-        return None
-    return tick
+    return tick if tick > checked_until else None
 
 
 def tick_job_id(schedule: Schedule, tick: datetime) -> UUID:
@@ -211,7 +214,7 @@ class Scheduler:
         self.ledger = ledger
         self.schedules = [s for s in schedules if s.enabled]
         self.clock = clock
-        self.checked: dict[str, datetime | None] = {}
+        self.checked: dict[str, datetime] = {}
         self._stopped = anyio.Event()
 
     def start(self, now: datetime) -> None:
@@ -223,13 +226,12 @@ class Scheduler:
             for name in names:
                 if name not in known:
                     conn.execute(RECORD_TICK, (name, now))
-        self.checked = {name: known.get(name) for name in names}
-        self.checked.update({name: now for name in names if name not in known})
+        self.checked = {s.name: resume_from(s, known.get(s.name), now) for s in self.schedules}
 
     def fire_due(self, now: datetime) -> list[Fired]:
         fired = []
         for schedule in self.schedules:
-            tick = due_tick(schedule, self.checked.get(schedule.name), now)
+            tick = due_tick(schedule, self.checked.get(schedule.name, now), now)
             if tick is not None:
                 fired.append(self._submit(schedule, tick, now))
             self.checked[schedule.name] = now  # only once the tick is handled

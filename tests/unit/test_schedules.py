@@ -15,6 +15,7 @@ from consumers.scheduler import (
     latest_tick,
     next_tick,
     parse_schedules,
+    resume_from,
     tick_job_id,
 )
 from ledger import registry
@@ -141,25 +142,41 @@ def test_a_due_tick_fires_when_its_time_comes_and_never_before() -> None:
     assert due_tick(schedule, at(1.01), at(1.5)) is None  # already handled
 
 
-def test_a_schedule_never_checked_before_has_missed_nothing() -> None:
-    assert due_tick(every_minute(catch_up="once"), None, at(10)) is None
+def test_a_running_scheduler_that_wakes_late_still_fires_the_tick_once() -> None:
+    schedule = every_minute(catch_up="skip")
+    assert due_tick(schedule, at(0.5), at(1.75)) == at(1)
+    assert due_tick(schedule, at(0.5), at(3.5)) == at(3)  # only the latest of several
 
 
 def test_a_disabled_schedule_never_fires() -> None:
     assert due_tick(every_minute(enabled=False), at(0.5), at(1)) is None
 
 
+def test_a_schedule_never_checked_before_has_missed_nothing() -> None:
+    schedule = every_minute(catch_up="once")
+    resumed = resume_from(schedule, None, at(10.5))
+    assert resumed == at(10.5)
+    assert due_tick(schedule, resumed, at(10.9)) is None
+
+
 def test_after_downtime_skip_fires_only_future_ticks() -> None:
     schedule = every_minute(catch_up="skip")
-    assert due_tick(schedule, at(0.5), at(5.5)) is None  # ticks 1..5 were missed
-    assert due_tick(schedule, at(5.5), at(6)) == at(6)
+    resumed = resume_from(schedule, at(0.5), at(5.5))  # down from 0:30 to 5:30
+    assert due_tick(schedule, resumed, at(5.5)) is None  # ticks 1..5 were missed
+    assert due_tick(schedule, resumed, at(6)) == at(6)
 
 
 def test_after_downtime_once_fires_the_single_most_recent_missed_tick() -> None:
     schedule = every_minute(catch_up="once")
-    assert due_tick(schedule, at(0.5), at(5.5)) == at(5)
+    resumed = resume_from(schedule, at(0.5), at(5.5))
+    assert due_tick(schedule, resumed, at(5.5)) == at(5)
     assert due_tick(schedule, at(5.5), at(5.9)) is None
     assert due_tick(schedule, at(5.5), at(6)) == at(6)
+
+
+def test_a_restart_without_downtime_fires_nothing_twice() -> None:
+    schedule = every_minute(catch_up="once")
+    assert due_tick(schedule, resume_from(schedule, at(1.01), at(1.5)), at(1.5)) is None
 
 
 def test_ticks_follow_the_schedules_time_zone_across_daylight_saving() -> None:
