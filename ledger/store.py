@@ -8,6 +8,7 @@ a thread or a batching writer.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -160,8 +161,7 @@ class Ledger:
             self.app.events.put(events, index_rows=rows, quota=quota)
         except IntegrityError as e:
             if QUOTA_CONSTRAINT in str(e):
-                org = next((o for o, d, lim in quota if d > 0 and lim != UNLIMITED), "?")
-                raise QuotaExceeded(org, self.active_limit) from None
+                raise QuotaExceeded(_org_over_quota(str(e), quota), self.active_limit) from None
             raise ConcurrencyConflict([c.after.id for c in changes]) from None
         return [c.after for c in changes]
 
@@ -348,3 +348,14 @@ class Ledger:
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
+
+
+FAILING_ROW = re.compile(r"Failing row contains \(([^,]+),")
+
+
+def _org_over_quota(message: str, quota: Sequence[QuotaDelta]) -> str:
+    """The organisation whose row broke the quota check (PostgreSQL names it)."""
+    found = FAILING_ROW.search(message)
+    if found:
+        return found.group(1)
+    return next((o for o, d, lim in quota if d > 0 and lim != UNLIMITED), "?")

@@ -237,3 +237,11 @@ def test_a_batch_repeating_an_idempotency_key_is_rejected_and_writes_nothing(
     with pytest.raises(InvalidJob, match="job 2 of the batch repeats"):
         ledger.submit_many([(a_spec(), None), (spec, fingerprint), (spec, fingerprint)])
     assert ledger.max_position() == before
+
+
+def test_a_batch_over_quota_names_the_organisation_that_is_full(ledger: Ledger) -> None:
+    for _ in range(ledger.active_limit):
+        ledger.submit(a_spec(org="zz-full"))
+    with pytest.raises(QuotaExceeded) as caught:
+        ledger.submit_many([(a_spec(org="aa-room"), None), (a_spec(org="zz-full"), None)])
+    assert caught.value.org == "zz-full"
