@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Litestar
 
-from api.access_log import access_log
+from api.access_log import AccessLog, LineBuffer
 from api.errors import exception_handlers
 from api.openapi import openapi_config
 from api.routes.jobs import MAX_BODY, JobRoutes, stats
@@ -18,15 +18,16 @@ def create_app(settings: Settings, ledger: Ledger, registry: Registry) -> Litest
 
     The caller owns `ledger` (and closes it after the server stops).
     """
+    log_lines = LineBuffer()
     app = Litestar(
         route_handlers=[JobRoutes, stats, health, ready, metrics],
         exception_handlers=exception_handlers(),
-        lifespan=[lifespan(settings, ledger, registry)],
+        lifespan=[lifespan(settings, ledger, registry, log_lines)],
         openapi_config=openapi_config(registry),
         request_max_body_size=MAX_BODY,
         logging_config=None,
         debug=False,
     )
     # Wrapped outside the router so that unknown routes and 405s are logged too.
-    app.asgi_handler = access_log(app.asgi_handler)
+    app.asgi_handler = AccessLog(app.asgi_handler, log_lines)
     return app

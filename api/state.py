@@ -7,10 +7,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import redis.asyncio as aioredis
 from litestar import Litestar, Request
 from psycopg_pool import AsyncConnectionPool
 
+from api.access_log import LineBuffer
 from api.keys import KeyStore
 from ledger import BatchWriter, Ledger, Registry, Settings
 from projections import JobQueries
@@ -33,12 +35,15 @@ def resources(request: Request[Any, Any, Any]) -> Resources:
     return found
 
 
-def lifespan(settings: Settings, ledger: Ledger, registry: Registry) -> Any:
+def lifespan(settings: Settings, ledger: Ledger, registry: Registry, log_lines: LineBuffer) -> Any:
     """A Litestar lifespan that opens everything at start and closes it at stop."""
 
     @asynccontextmanager
     async def run(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            tasks.start_soon(log_lines.run)
+            stack.callback(tasks.cancel_scope.cancel)
             pool = AsyncConnectionPool(
                 settings.database_url, min_size=1, max_size=4, open=False, timeout=5
             )
