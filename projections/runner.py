@@ -284,6 +284,8 @@ class Projector:
         )
         try:
             await listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_CHANNEL)))
+            # Missing views or indexes (a rebuild that died half-way) are made again.
+            await anyio.to_thread.run_sync(views.create, conn)
             while True:
                 while await self._step(follower) >= self.page_size // 2:
                     pass  # a busy log: go on without waiting
