@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -113,8 +114,11 @@ def test_the_running_scheduler_sleeps_until_the_next_tick_and_stops_promptly(
     calls: list[datetime] = []
     fire_due = scheduler.fire_due
 
+    checked_once = threading.Event()
+
     def counting(now: datetime) -> Any:
         calls.append(now)
+        checked_once.set()
         return fire_due(now)
 
     scheduler.fire_due = counting  # type: ignore[method-assign]
@@ -122,7 +126,8 @@ def test_the_running_scheduler_sleeps_until_the_next_tick_and_stops_promptly(
     async def main() -> float:
         async with anyio.create_task_group() as tg:
             tg.start_soon(scheduler.run)
-            await anyio.sleep(0.6)
+            assert await anyio.to_thread.run_sync(checked_once.wait, 10)
+            await anyio.sleep(0.5)
             stopping = anyio.current_time()
             scheduler.stop()
         return anyio.current_time() - stopping
