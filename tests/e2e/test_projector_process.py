@@ -115,3 +115,44 @@ def test_an_idle_projector_wakes_on_a_new_event_without_waiting_for_its_poll(
     # The fallback poll is 1 s: a projector that missed the NOTIFY would wait ~0.5 s on average.
     assert max(waits) < 0.5, waits
     assert projector.stop() == 0
+
+
+def test_a_rebuild_while_a_projector_runs_ends_in_the_same_views(
+    ledger: Ledger, database_url: str, projectors: Callable[..., Projector]
+) -> None:
+    projector = projectors("p", "--batch-size", "200")
+    wait_for(projector.leads)
+    workload(ledger, 600)
+    rebuild_views(ledger, database_url, batch_size=300)  # races the running projector
+    workload(ledger, 100, seed=7)
+    wait_for(lambda: tracked_position(database_url) == ledger.max_position(), timeout=60)
+    assert projector.stop() == 0
+    assert "another writer moved the position" in projector.log.read_text()  # they raced
+    raced = view_rows(database_url)
+    rebuild_views(ledger, database_url)
+    assert view_rows(database_url) == raced
+
+
+def test_jobledger_rebuild_prints_its_rate_and_refuses_a_bad_batch_size(
+    ledger: Ledger, database_url: str, env: dict[str, str]
+) -> None:
+    workload(ledger, 50)
+    done = subprocess.run(
+        ["jobledger", "rebuild"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"up to log position {ledger.max_position()}" in done.stdout
+    assert "events/s" in done.stdout
+    assert tracked_position(database_url) == ledger.max_position()
+
+    bad = subprocess.run(
+        ["jobledger", "rebuild", "--batch-size", "0"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0
+    assert "--batch-size" in bad.stderr
