@@ -127,7 +127,6 @@ def test_a_rebuild_while_a_projector_runs_ends_in_the_same_views(
     workload(ledger, 100, seed=7)
     wait_for(lambda: tracked_position(database_url) == ledger.max_position(), timeout=60)
     assert projector.stop() == 0
-    assert "another writer moved the position" in projector.log.read_text()  # they raced
     raced = view_rows(database_url)
     rebuild_views(ledger, database_url)
     assert view_rows(database_url) == raced
