@@ -17,6 +17,10 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("api", help="serve the HTTP API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers", type=int, default=1, choices=range(1, 65), metavar="N",
+        help="server processes sharing the port (default 1)",
+    )  # fmt: skip
     p = sub.add_parser("keys", help="manage API keys")
     keys = p.add_subparsers(dest="keys_command", required=True, parser_class=type(p))
     p = keys.add_parser("create", help="create an API key for ORG and print it (shown once)")
@@ -30,27 +34,45 @@ def migrate(settings: Settings) -> None:
     migrate_api(settings.database_url)
 
 
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+SERVER_OPTIONS: dict[str, Any] = {
+    # uvloop and httptools when installed: about twice the requests per core.
+    "loop": "uvloop" if _have("uvloop") else "asyncio",
+    "http": "httptools" if _have("httptools") else "h11",
+    "lifespan": "on",
+    "access_log": False,  # our own access log writes one JSON line per request
+    "log_config": None,
+    "server_header": False,
+    "timeout_graceful_shutdown": 10,
+}
+
+
 def uvicorn_config(settings: Settings, ledger: Ledger, host: str, port: int) -> Any:
-    """uvloop and httptools when installed: about twice the requests per core."""
     import uvicorn
 
     from api import create_app
 
-    def have(module: str) -> bool:
-        return importlib.util.find_spec(module) is not None
-
     return uvicorn.Config(
-        create_app(settings, ledger, registry),
-        host=host,
-        port=port,
-        loop="uvloop" if have("uvloop") else "asyncio",
-        http="httptools" if have("httptools") else "h11",
-        lifespan="on",
-        access_log=False,  # our own access log writes one JSON line per request
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=10,
+        create_app(settings, ledger, registry), host=host, port=port, **SERVER_OPTIONS
     )
+
+
+def worker_app() -> Any:
+    """The app of one of several server processes (`--workers N`): each reads its settings."""
+    from api import create_app
+    from jobledger.logs import configure
+    from jobledger.wiring import load_job_types, load_settings
+
+    settings = load_settings()
+    configure(settings.log_format)
+    load_job_types(settings)
+    ledger = make_ledger(settings, pool_size=4)
+    app = create_app(settings, ledger, registry)
+    app.on_shutdown.append(ledger.close)
+    return app
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
@@ -67,6 +89,16 @@ async def serve(settings: Settings, host: str, port: int) -> None:
 def run_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    if args.workers > 1:
+        uvicorn.run(
+            "jobledger.role_api:worker_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            **SERVER_OPTIONS,
+        )
+        return 0
     ledger = make_ledger(settings, pool_size=4)
     try:
         server = uvicorn.Server(uvicorn_config(settings, ledger, args.host, args.port))
