@@ -130,13 +130,22 @@ def _as_json(result: Any) -> Any:
     """The result as the ledger stores it: plain JSON."""
     if isinstance(result, BaseModel):
         return result.model_dump(mode="json")
-    if result is None or isinstance(result, str | int | float | bool):
+    if _is_plain(result):
         return result
     try:
         json.dumps(result)
     except (TypeError, ValueError) as e:
         raise UnserializableResult(f"the handler's result is not JSON: {e}") from None
     return result
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """Cheaply true for the small results most handlers return (json.dumps decides the rest)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return True
+    if depth < 2 and type(value) is dict:
+        return all(type(k) is str and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def _ms(began: float) -> float:

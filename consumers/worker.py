@@ -23,6 +23,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Generic, TypeVar
 from uuid import UUID
 
 import anyio
@@ -31,28 +32,15 @@ from anyio.abc import TaskGroup
 
 from consumers import attempts
 from consumers.attempts import Attempt, Outcome
-from consumers.streams import Message, Streams
-from ledger import (
-    BatchWriter,
-    ConcurrencyConflict,
-    InvalidTransition,
-    Job,
-    JobEvent,
-    JobType,
-    Ledger,
-    Registry,
-    RetryPolicy,
-    Status,
-    change,
-    commands,
-    utc_now,
-)
+from consumers.recording import Recorder
+from consumers.streams import GROUP, Message, Streams
+from ledger import BatchWriter, Job, Ledger, Registry
 
 log = structlog.get_logger("jobledger.worker")
+T = TypeVar("T")
 
 RENEW_INTERVAL_S = 0.5
 IDLE_BLOCK_MS = 500
-RETRY_PAUSE_S = 1.0
 
 RENEW_LEASES = """
 UPDATE jl_jobs AS j SET lease_until = GREATEST(j.lease_until, now() + %s * interval '1 second')
@@ -96,18 +84,26 @@ class Worker:
         self._backlog: list[Message] = []
         self._stopping = anyio.Event()
         self._grace = anyio.CancelScope()
-        self._acks = Batcher(self._ack)
+        self._ended: Batcher[tuple[Attempt, Outcome]] = Batcher(self._finish)
         self._exit = AsyncExitStack()
-        self._writer: BatchWriter
+        self.recorder: Recorder
         self._background: TaskGroup
 
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Worker:
-        self._writer = await self._exit.enter_async_context(BatchWriter(self.ledger))
+        writer = await self._exit.enter_async_context(BatchWriter(self.ledger))
+        self.recorder = Recorder(
+            self.ledger,
+            writer,
+            self.name,
+            self.config.lease_s,
+            self.config.retry_delays_s,
+            self.types,
+        )
         self._background = await self._exit.enter_async_context(anyio.create_task_group())
         self._background.start_soon(self._renew_loop)
-        self._background.start_soon(self._acks.run)
+        self._background.start_soon(self._ended.run)
         await self.streams.ensure_groups([s for level in self.levels for s in level])
         return self
 
@@ -146,7 +142,7 @@ class Worker:
             for attempt in list(self.active.values()):
                 if not attempt.ended:
                     attempt.stop("shutdown")
-        await self._acks.flush()
+        await self._ended.flush()
 
     # ------------------------------------------------------------ reading
 
@@ -156,9 +152,9 @@ class Worker:
                 await self._wait_for_slot()
                 continue
             messages = await self._read(self._free)
-            self._free -= len(messages)
-            for message in messages:
-                group.start_soon(self._attempt, message)
+            if messages:
+                self._free -= len(messages)
+                group.start_soon(self._start, messages, group)
 
     async def _wait_for_slot(self) -> None:
         await self._slot_freed.wait()
@@ -184,81 +180,46 @@ class Worker:
         self._backlog.extend(got[count:])
         return got[:count]
 
-    # ------------------------------------------------------------ one attempt
+    # ------------------------------------------------------------ attempts
 
-    async def _attempt(self, message: Message) -> None:
-        kind = self.types[message.job.type]
+    async def _start(self, messages: list[Message], group: TaskGroup) -> None:
+        """Record the starts of a batch in one append, then run each started attempt."""
         try:
-            job = await self._start(message.job)
+            started = await self.recorder.start([m.job for m in messages])
         except Exception:
-            # The message stays pending in the stream and is claimed again later.
-            log.exception("attempt_start_failed", job_id=str(message.job.id))
-            self._release_slot()
-            return
-        if job is None:
-            self._release_slot()
-            self._acks.add(message)
-            return
-        attempt = Attempt(message, job)
-        self.active[job.id] = attempt
+            # The messages stay pending in the stream and are claimed again later.
+            log.exception("attempt_start_failed", messages=len(messages))
+            started = []
+            messages = []
+        dropped = []
+        for message, job in zip(messages, started, strict=True):
+            if job is None:
+                dropped.append(message)
+                self._release_slot()
+                continue
+            attempt = Attempt(message, job)
+            self.active[job.id] = attempt
+            group.start_soon(self._run, attempt)
+        if dropped:
+            await ack(self.streams, dropped)  # duplicates, stale or cancelled: nothing to run
+
+    async def _run(self, attempt: Attempt) -> None:
         try:
-            outcome = await attempts.run(attempt, kind)
+            outcome = await attempts.run(attempt, self.types[attempt.job.type])
         finally:
             self._release_slot()
-        after = await self._record(attempt, outcome, kind)
-        del self.active[job.id]
-        self._acks.add(message)
-        _log_end(attempt, outcome, after)
+        self._ended.add((attempt, outcome))
 
-    async def _start(self, job: Job) -> Job | None:
-        """The job with this worker's attempt started, or None if it must not start."""
-        if job.id in self.active:
-            return None  # a duplicate of a message this worker is running
-        for fresh in (False, True):
-            if fresh:
-                job = await anyio.to_thread.run_sync(self.ledger.load, job.id)
-                if job.status is not Status.QUEUED:
-                    return None
-            try:
-                events = commands.start_attempt(job, self.name, self.config.lease_s, utc_now())
-                [started] = await self._writer.append([change(job, events)])
-            except (ConcurrencyConflict, InvalidTransition):
-                continue  # a stale or duplicate message: look at the job once more
-            return started
-        return None
-
-    async def _record(self, attempt: Attempt, outcome: Outcome, kind: JobType) -> Job | None:
-        """Append the outcome; if the job moved on, decide again on its current state."""
-        if outcome.kind == "lost":
-            return None
-        policy = kind.policy(self.config.retry_delays_s)
-        for pause in (0.0, RETRY_PAUSE_S, RETRY_PAUSE_S, RETRY_PAUSE_S):
-            await anyio.sleep(pause)
-            try:
-                return await self._record_once(attempt, outcome, policy)
-            except (ConcurrencyConflict, InvalidTransition):
-                attempt.stale = True
-            except Exception:
-                log.exception("attempt_record_failed", job_id=str(attempt.job.id))
-        return None
-
-    async def _record_once(
-        self, attempt: Attempt, outcome: Outcome, policy: RetryPolicy
-    ) -> Job | None:
-        if attempt.stale:
-            attempt.job = await anyio.to_thread.run_sync(self.ledger.load, attempt.job.id)
-            attempt.stale = False
-            job = attempt.job
-            if job.attempts != attempt.number or not job.attempt_running:
-                return None  # the attempt was ended elsewhere (declared lost)
-        events: list[JobEvent] = attempts.outcome_events(
-            attempt.job, attempt.number, outcome, policy, utc_now()
-        )
-        [after] = await self._writer.append([change(attempt.job, events)])
-        return after
-
-    async def _ack(self, messages: Sequence[Message]) -> None:
-        await self.streams.ack(messages)
+    async def _finish(self, ended: list[tuple[Attempt, Outcome]]) -> None:
+        """Record the outcomes of attempts that ended, then acknowledge their messages."""
+        recorded: list[Job | None] = [None] * len(ended)
+        try:
+            recorded = await self.recorder.finish(ended)
+            await ack(self.streams, [attempt.message for attempt, _ in ended])
+        finally:
+            for (attempt, outcome), after in zip(ended, recorded, strict=True):
+                self.active.pop(attempt.job.id, None)
+                _log_end(attempt, outcome, after)
 
     # ------------------------------------------------------------ leases
 
@@ -297,16 +258,16 @@ class Worker:
         return {r["job_id"]: (r["cancel_requested"], r["version"]) for r in rows}
 
 
-class Batcher:
+class Batcher(Generic[T]):
     """Collects items and hands all that are waiting to one call: at once when idle."""
 
-    def __init__(self, flush: Callable[[list[Message]], Awaitable[None]]) -> None:
+    def __init__(self, flush: Callable[[list[T]], Awaitable[None]]) -> None:
         self._flush = flush
-        self._items: list[Message] = []
+        self._items: list[T] = []
         self._ready = anyio.Event()
         self._lock = anyio.Lock()
 
-    def add(self, item: Message) -> None:
+    def add(self, item: T) -> None:
         self._items.append(item)
         self._ready.set()
 
@@ -325,6 +286,20 @@ class Batcher:
                     await self._flush(items)
                 except Exception:
                     log.exception("batch_flush_failed", items=len(items))
+
+
+async def ack(streams: Streams, messages: Sequence[Message]) -> None:
+    """XACK and XDEL a batch: two commands per stream, in one round trip."""
+    by_stream: dict[str, list[str]] = {}
+    for m in messages:
+        by_stream.setdefault(m.stream, []).append(m.id)
+    if not by_stream:
+        return
+    async with streams.client.pipeline(transaction=False) as pipe:
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        await pipe.execute(raise_on_error=False)
 
 
 def _log_end(attempt: Attempt, outcome: Outcome, after: Job | None) -> None:

@@ -1,9 +1,285 @@
-"""`jobledger bench`: throughput, latency and concurrency of one worker process."""
+"""`jobledger bench`: throughput, latency and concurrency of one worker process.
+
+Measured the way `../shared/peers/README.md` measures the other job queues, on
+a scratch database and a fresh Redis prefix, with `jobledger dispatcher` and
+`jobledger worker` as real subprocesses:
+
+- throughput: 10,000 `diag.echo` jobs submitted in batches and dispatched,
+  then one worker process started; jobs/s from starting it (start-up
+  included) to the last success recorded in the ledger;
+- latency: the worker warmed up, 300 jobs submitted one by one at 50/s;
+  submit (just before the call) → the handler starting (the worker's log);
+- sleep: 1,000 jobs of `sleep_ms=100` dispatched, then a fresh worker at
+  concurrency 100; first handler start → last success recorded.
+"""
 
 from __future__ import annotations
 
-from ledger import Settings
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID
+
+import redis
+from psycopg.conninfo import conninfo_to_dict
+
+from jobledger.bench.ledger import scratch_database
+from jobledger.wiring import make_ledger
+from ledger import JobSpec, Ledger, Settings, registry
+
+THROUGHPUT_JOBS = 10_000
+SUBMIT_BATCH = 1_000
+LATENCY_JOBS = 300
+LATENCY_RATE = 50.0
+WARMUP_JOBS = 5
+SLEEP_JOBS = 1_000
+SLEEP_MS = 100
+SLEEP_CONCURRENCY = 100
+NO_QUOTA = 10**9
+POLL_S = 0.05
+TIMEOUT_S = 300.0
+
+
+class Bench:
+    """One run: a scratch database, a fresh prefix, a dispatcher, workers one at a time."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.ledger: Ledger = make_ledger(settings)
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.stream = "{" + settings.redis_prefix + "}:q:diag.echo:normal"
+
+    def close(self) -> None:
+        self.ledger.close()
+        keys = list(self.redis.scan_iter(match="{" + self.settings.redis_prefix + "}:*"))
+        if keys:
+            self.redis.delete(*keys)
+        self.redis.close()
+
+    # ------------------------------------------------------------ processes
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DATABASE_URL": self.settings.database_url,
+            "REDIS_URL": self.settings.redis_url,
+            "JOBLEDGER_REDIS_PREFIX": self.settings.redis_prefix,
+            "JOBLEDGER_ACTIVE_LIMIT": str(NO_QUOTA),
+            "JOBLEDGER_LOG_FORMAT": "json",
+            **extra,
+        }
+
+    @contextmanager
+    def role(self, name: str, **extra: str) -> Iterator[Path]:
+        log = self.workdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        with log.open("wb") as out:
+            command = [str(Path(sys.executable).with_name("jobledger")), name]
+            process = subprocess.Popen(  # noqa: S603  (our own executable)
+                command, env=self.env(**extra), stdout=subprocess.DEVNULL, stderr=out
+            )
+            try:
+                yield log
+            finally:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+    # ------------------------------------------------------------ jobs
+
+    def submit(self, count: int, payload: dict[str, Any]) -> list[UUID]:
+        echo = registry.get("diag.echo")
+        spec = JobSpec(org="bench", job_type=echo.name, payload=echo.validate_payload(payload))
+        ids: list[UUID] = []
+        for start in range(0, count, SUBMIT_BATCH):
+            batch = [(spec, None)] * min(SUBMIT_BATCH, count - start)
+            ids += [job.id for job, _ in self.ledger.submit_many(batch)]
+        return ids
+
+    def wait_dispatched(self, count: int) -> None:
+        self._wait(lambda: int(self.redis.xlen(self.stream)) >= count, "dispatch")
+
+    def wait_succeeded(self, ids: Sequence[UUID]) -> datetime:
+        """Wait until every job succeeded; the time its last success was recorded."""
+        query = (
+            "SELECT count(*) AS n, max(updated_at) AS last FROM jl_jobs "
+            "WHERE job_id = ANY(%s) AND status = 'succeeded'"
+        )
+        ids = list(ids)
+        row: dict[str, Any] = {}
+
+        def done() -> bool:
+            nonlocal row
+            with self.ledger.connection() as conn:
+                row = dict(conn.execute(query, (ids,)).fetchone() or {})
+            return bool(row["n"] == len(ids))
+
+        self._wait(done, "jobs to succeed")
+        last: datetime = row["last"]
+        return last
+
+    def _wait(self, condition: Any, what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bench: gave up waiting for {what}")
+            time.sleep(POLL_S)
+
+    # ------------------------------------------------------------ the three runs
+
+    def throughput(self) -> dict[str, float]:
+        ids = self.submit(THROUGHPUT_JOBS, {})
+        self.wait_dispatched(THROUGHPUT_JOBS)
+        started = time.time()
+        with self.role("worker") as log:
+            last = self.wait_succeeded(ids)
+            seconds = last.timestamp() - started
+            latency = self.latency(log)
+        return {"throughput_jobs_s": round(THROUGHPUT_JOBS / seconds, 1), **latency}
+
+    def latency(self, log: Path) -> dict[str, float]:
+        self.wait_succeeded(self.submit(WARMUP_JOBS, {}))
+        echo = registry.get("diag.echo")
+        spec = JobSpec(org="bench", job_type=echo.name, payload=echo.validate_payload({}))
+        submitted: dict[str, float] = {}
+        next_at = time.monotonic()
+        for _ in range(LATENCY_JOBS):
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += 1 / LATENCY_RATE
+            before = time.time()
+            job, _ = self.ledger.submit(spec)
+            submitted[str(job.id)] = before
+        self.wait_succeeded([UUID(i) for i in submitted])
+        starts = handler_starts(log, submitted)
+        ms = sorted((starts[i] - submitted[i]) * 1000 for i in submitted)
+        return {
+            "latency_p50_ms": round(statistics.median(ms), 2),
+            "latency_p95_ms": round(_percentile(ms, 95), 2),
+            "latency_p99_ms": round(_percentile(ms, 99), 2),
+            "latency_max_ms": round(ms[-1], 2),
+        }
+
+    def sleep(self) -> dict[str, float]:
+        ids = self.submit(SLEEP_JOBS, {"sleep_ms": SLEEP_MS})
+        self.wait_dispatched(SLEEP_JOBS)
+        with self.role("worker", JOBLEDGER_WORKER_CONCURRENCY=str(SLEEP_CONCURRENCY)) as log:
+            last = self.wait_succeeded(ids)
+            time.sleep(0.2)  # the log lines of the last attempts
+            starts = handler_starts(log, {str(i): 0.0 for i in ids})
+        return {"sleep_wall_s": round(last.timestamp() - min(starts.values()), 3)}
+
+
+def handler_starts(log: Path, wanted: dict[str, Any]) -> dict[str, float]:
+    """When each wanted job's handler started, from the worker's attempt-end lines."""
+    starts: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        if '"attempt_ended"' not in line:
+            continue
+        entry = json.loads(line)
+        if entry["job_id"] in wanted and entry.get("started_at"):
+            starts[entry["job_id"]] = datetime.fromisoformat(entry["started_at"]).timestamp()
+    missing = len(wanted) - len(starts)
+    if missing:
+        raise RuntimeError(f"bench: {missing} jobs have no attempt line in {log}")
+    return starts
+
+
+def _percentile(sorted_values: Sequence[float], p: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def run(settings: Settings) -> dict[str, Any]:
+    """Every figure of this area, on a scratch database and a fresh Redis prefix."""
+    with ExitStack() as stack:
+        url = _as_url(stack.enter_context(scratch_database(settings.database_url)))
+        bench_settings = settings.model_copy(
+            update={
+                "database_url": url,
+                "redis_prefix": f"jlbench{uuid.uuid4().hex[:8]}",
+                "active_limit": NO_QUOTA,
+            }
+        )
+        _migrate(bench_settings)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jlbench")))
+        bench = Bench(bench_settings, workdir)
+        stack.callback(bench.close)
+        with bench.role("dispatcher"):
+            figures = {**bench.throughput(), **bench.sleep()}
+    return {**figures, "config": configuration(settings)}
+
+
+def _as_url(conninfo: str) -> str:
+    """A libpq connection string as the URL that DATABASE_URL must be."""
+    params = conninfo_to_dict(conninfo)
+    auth = quote(str(params.get("user", "")))
+    if params.get("password"):
+        auth += ":" + quote(str(params["password"]))
+    host = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
+    return f"postgresql://{auth}{'@' if auth else ''}{host}/{quote(str(params['dbname']))}"
+
+
+def _migrate(settings: Settings) -> None:
+    from jobledger import roles
+
+    make_ledger(settings, create_tables=True).close()
+    roles.migrate(settings)
+
+
+def configuration(settings: Settings) -> dict[str, Any]:
+    return {
+        "throughput_jobs": THROUGHPUT_JOBS,
+        "latency_jobs": f"{LATENCY_JOBS} at {LATENCY_RATE:g}/s",
+        "sleep_jobs": f"{SLEEP_JOBS} x {SLEEP_MS} ms at concurrency {SLEEP_CONCURRENCY}",
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_processes": 1,
+        "cpus": os.cpu_count(),
+        "dispatcher": "jobledger dispatcher (running throughout)",
+        "durability": "every event committed to PostgreSQL (synchronous_commit as configured)",
+    }
 
 
 def main(settings: Settings, *, as_json: bool) -> int:
-    raise NotImplementedError("jobledger bench is being written")
+    figures = run(settings)
+    try:
+        from jobledger.bench import ledger as ledger_bench
+    except ImportError:  # pragma: no cover  (the ledger's benchmark is another area's)
+        pass
+    else:
+        figures.update(ledger_bench.run(settings))
+    if as_json:
+        print(json.dumps(figures))
+        return 0
+    _print_table(figures)
+    return 0
+
+
+def _print_table(figures: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("figure", "value", title="jobledger bench")
+    for name, value in figures.items():
+        if name != "config":
+            table.add_row(name, f"{value:,}" if isinstance(value, int | float) else str(value))
+    config = Table("configuration", "value")
+    for name, value in figures["config"].items():
+        config.add_row(name, str(value))
+    console = Console()
+    console.print(table)
+    console.print(config)
