@@ -49,25 +49,31 @@ def _spec(org: str) -> JobSpec:
     return JobSpec(org=org, job_type=echo.name, payload=echo.validate_payload({}))
 
 
-def run(settings: Settings) -> dict[str, float]:
+def run(
+    settings: Settings,
+    *,
+    single_jobs: int = SINGLE_JOBS,
+    batch_jobs: int = BATCH_JOBS,
+    batches: int = BATCHES,
+) -> dict[str, float]:
     with scratch_database(settings.database_url) as url:
         ledger = Ledger(url, registry=registry, active_limit=NO_QUOTA, create_tables=True)
         try:
             ledger.submit(_spec("warmup"))  # connections open, statements prepared
             started = time.perf_counter()
-            for _ in range(SINGLE_JOBS):
+            for _ in range(single_jobs):
                 ledger.submit(_spec("bench"))
             single_s = time.perf_counter() - started
 
             started = time.perf_counter()
-            for _ in range(BATCHES):
-                ledger.submit_many([(_spec("bench"), None) for _ in range(BATCH_JOBS)])
+            for _ in range(batches):
+                ledger.submit_many([(_spec("bench"), None) for _ in range(batch_jobs)])
             batch_s = time.perf_counter() - started
         finally:
             ledger.close()
     return {
-        "ledger_single_events_s": round(SINGLE_JOBS * EVENTS_PER_JOB / single_s, 1),
-        "ledger_batch_events_s": round(BATCHES * BATCH_JOBS * EVENTS_PER_JOB / batch_s, 1),
+        "ledger_single_events_s": round(single_jobs * EVENTS_PER_JOB / single_s, 1),
+        "ledger_batch_events_s": round(batches * batch_jobs * EVENTS_PER_JOB / batch_s, 1),
     }
 
 
