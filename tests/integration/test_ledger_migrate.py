@@ -46,4 +46,4 @@ def test_migrate_creates_a_missing_database_and_is_safe_to_repeat(
     assert second.stdout.strip() == "tables are up to date"
     with psycopg.connect(f"{PG_SERVER}/{missing_database}") as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables")}
-    assert {"jobledger_events", "jl_jobs", "jl_quota"} <= tables
+    assert {"jobledger_events", "jl_jobs", "jl_quota", "jl_schedule_ticks"} <= tables
