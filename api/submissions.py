@@ -16,16 +16,44 @@ from api.errors import InvalidRequest, MalformedRequest, field_errors
 from ledger import InvalidJob, JobSpec, Registry, Submission, to_spec, utc_now
 
 MAX_BATCH = 1000
+MAX_DEPTH = 32
 Item = tuple[JobSpec, str]
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json(body: bytes) -> Any:
+    """The document, if it is JSON that can be stored as it is (else 400)."""
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        document = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise MalformedRequest(f"malformed JSON: {e}") from None
     except RecursionError:
         raise MalformedRequest("malformed JSON: nested too deeply") from None
+    _check_storable(document)
+    return document
+
+
+def _check_storable(document: Any) -> None:
+    """No nesting deeper than MAX_DEPTH and no lone surrogates (`"\\ud800"`): valid JSON
+    text, but neither can be stored or answered back."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MalformedRequest(f"JSON nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth) for k in value)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise MalformedRequest("malformed JSON: a string holds a lone surrogate") from None
 
 
 def _errors(e: ValidationError, prefix: Sequence[str | int] = ()) -> list[dict[str, Any]]:
@@ -57,6 +85,11 @@ def to_item(
     except InvalidJob as e:
         errors = [{**err, "loc": [*prefix, *err.get("loc", ())]} for err in e.errors]
         raise InvalidRequest(str(e), field_errors(errors)) from None
+    except OverflowError:  # a run_at at the very edge of the calendar, in a far time zone
+        raise InvalidRequest(
+            "run_at is out of range",
+            [{"loc": [*prefix, "run_at"], "msg": "out of range", "type": "value_error"}],
+        ) from None
 
 
 def to_batch(

@@ -41,6 +41,8 @@ REASONS = {
     429: "the organisation is at its active-job limit; see Retry-After",
     503: "storage unavailable",
 }
+TYPE_NAME = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"  # as job types are named
+ORG_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 ADMIN_ORG = "admin keys only: limit to this organisation (other keys: ignored)"
 JobId = Annotated[str, PathParameter(description="the job's id (a UUID)")]
 
@@ -116,10 +118,12 @@ class JobRoutes(Controller):
         *,
         request: Req,
         status: Annotated[StatusName | None, QueryParameter()] = None,
-        job_type: Annotated[str | None, QueryParameter(name="type", max_length=100)] = None,
+        job_type: Annotated[
+            str | None, QueryParameter(name="type", pattern=TYPE_NAME, max_length=100)
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
-        org: Annotated[str | None, QueryParameter(max_length=63, description=ADMIN_ORG)] = None,
+        org: Annotated[str | None, QueryParameter(pattern=ORG_NAME, description=ADMIN_ORG)] = None,
     ) -> Response[Document]:
         who = await principal(request)
         queries = resources(request).queries
@@ -190,7 +194,7 @@ class JobRoutes(Controller):
 )
 async def stats(
     request: Req,
-    org: Annotated[str | None, QueryParameter(max_length=63, description=ADMIN_ORG)] = None,
+    org: Annotated[str | None, QueryParameter(pattern=ORG_NAME, description=ADMIN_ORG)] = None,
 ) -> Response[Document]:
     who = await principal(request)
     return Response(await resources(request).queries.stats(who.scope(org)))

@@ -291,6 +291,11 @@ BAD_BODIES = [
     (b'{"type": "diag.echo", "idempotency_key": ""}', 422),
     (b'{"type": "context.scrape", "payload": {"brand_id": "b", "url": "nope"}}', 422),
     (b'{"type": "diag.echo", "payload": {"result": "' + b"x" * 300_000 + b'"}}', 413),
+    (b'{"type": "diag.echo", "payload": {"result": NaN}}', 400),
+    (b'{"type": "diag.echo", "payload": {"result": "\\ud800"}}', 400),
+    (b'{"type": "diag.echo", "payload": {"result": ' + b"[" * 900 + b"]" * 900 + b"}}", 400),
+    (b'{"type": "diag.echo", "run_at": "9999-12-31T23:59:59-14:00"}', 422),
+    (b'{"type": "diag.echo", "run_at": "0001-01-01T00:00:00+14:00"}', 422),
 ]
 
 
@@ -337,6 +342,9 @@ BAD_READS = [
     ("GET", "/api/jobs?cursor=garbage", 400),
     ("GET", "/api/jobs?cursor=%FF%FE", 400),
     ("GET", "/api/jobs?cursor=" + "A" * 600, 400),
+    ("GET", "/api/jobs?type=%00", 400),
+    ("GET", "/api/jobs?org=%00", 400),
+    ("GET", "/api/stats?org=%00", 400),
     ("GET", "/api/jobs/{id}?at=yesterday", 400),
     ("GET", "/api/jobs/{id}?at=2030-01-01T00:00:00", 400),
     ("GET", "/api/jobs/{id}?at=99999-01-01T00:00:00Z", 400),
