@@ -3,18 +3,54 @@
 from __future__ import annotations
 
 import signal
+import sys
+import threading
+from typing import TextIO
 
 import anyio
 import redis.asyncio as aioredis
+import structlog
 
 from consumers.streams import StreamKeys, Streams
 from consumers.worker import Worker, WorkerConfig
 from jobledger.wiring import make_ledger
 from ledger import Settings, registry
 
+LOG_FLUSH_S = 0.2
+
+
+class LogBuffer:
+    """Log lines written out a few times a second rather than one system call each."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self._lines.append(text)
+
+    def flush(self) -> None:
+        """Called by the logger after every line: the periodic `drain` does the work."""
+
+    def drain(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            self._out.write("".join(lines))
+            self._out.flush()
+
+    async def drain_every(self, seconds: float) -> None:
+        while True:
+            await anyio.sleep(seconds)
+            self.drain()
+
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT; a second signal stops attempts at once."""
+    logs = LogBuffer(sys.stderr)
+    structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=logs))  # type: ignore[arg-type]
     ledger = make_ledger(settings, pool_size=4)
     client = aioredis.Redis.from_url(settings.redis_url)
     config = WorkerConfig(
@@ -30,9 +66,11 @@ async def serve(settings: Settings) -> None:
             anyio.create_task_group() as group,
         ):
             group.start_soon(_stop_on_signals, worker)
+            group.start_soon(logs.drain_every, LOG_FLUSH_S)
             await worker.run()
             group.cancel_scope.cancel()
     finally:
+        logs.drain()
         await client.aclose()
         ledger.close()
 

@@ -50,6 +50,7 @@ SLEEP_CONCURRENCY = 100
 NO_QUOTA = 10**9
 POLL_S = 0.05
 TIMEOUT_S = 300.0
+LOG_SETTLE_S = 0.5
 
 
 class Bench:
@@ -165,6 +166,7 @@ class Bench:
             job, _ = self.ledger.submit(spec)
             submitted[str(job.id)] = before
         self.wait_succeeded([UUID(i) for i in submitted])
+        time.sleep(LOG_SETTLE_S)  # the worker writes its log lines out a few times a second
         starts = handler_starts(log, submitted)
         ms = sorted((starts[i] - submitted[i]) * 1000 for i in submitted)
         return {
@@ -179,7 +181,7 @@ class Bench:
         self.wait_dispatched(SLEEP_JOBS)
         with self.role("worker", JOBLEDGER_WORKER_CONCURRENCY=str(SLEEP_CONCURRENCY)) as log:
             last = self.wait_succeeded(ids)
-            time.sleep(0.2)  # the log lines of the last attempts
+            time.sleep(LOG_SETTLE_S)
             starts = handler_starts(log, {str(i): 0.0 for i in ids})
         return {"sleep_wall_s": round(last.timestamp() - min(starts.values()), 3)}
 
