@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -60,17 +60,14 @@ def to_spec(
     policy = job_type.policy(retry_delays_s)
     max_attempts = submission.max_attempts or policy.max_attempts
     timeout_s = submission.timeout_s or job_type.timeout_s
-    run_at: datetime | None = None
-    if submission.run_at is not None:
-        run_at = submission.run_at.astimezone(now.tzinfo)
-    elif submission.delay_s:
-        run_at = now + timedelta(seconds=submission.delay_s)
+    run_at = submission.run_at.astimezone(now.tzinfo) if submission.run_at else None
     spec = JobSpec(
         org=org,
         job_type=job_type.name,
         payload=payload,
         priority=submission.priority,
         run_at=run_at,
+        delay_s=submission.delay_s or None,
         max_attempts=max_attempts,
         timeout_s=timeout_s,
         idempotency_key=submission.idempotency_key,

@@ -45,6 +45,7 @@ class JobSpec:
     payload: JSON
     priority: str = "normal"
     run_at: datetime | None = None
+    delay_s: float | None = None  # relative to the instant the ledger records the job
     max_attempts: int = 4
     timeout_s: float = 60.0
     idempotency_key: str | None = None
@@ -207,7 +208,7 @@ def _after(job: Job, now: datetime) -> _Events:
 
 
 def submit(job_id: UUID, spec: JobSpec, now: datetime) -> list[JobEvent]:
-    run_at = spec.run_at or now
+    run_at = spec.run_at or (now + timedelta(seconds=spec.delay_s) if spec.delay_s else now)
     new = _Events(job_id, 0, now).add(
         Submitted,
         org=spec.org,

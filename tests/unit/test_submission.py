@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from pydantic import ValidationError
 
 from ledger import InvalidJob, Submission, check_org, job_id_for_key, registry, to_spec
+from ledger.domain import job as domain
+from ledger.domain.events import Submitted
 from tests.factories import T0
 
 
@@ -65,8 +68,12 @@ def test_delay_s_outside_zero_to_a_year_is_rejected(delay_s: float) -> None:
 
 @pytest.mark.parametrize(("delay_s", "due"), [(0, None), (0.25, 0.25), (31_536_000, 31_536_000)])
 def test_delay_s_may_be_fractional_and_zero_means_now(delay_s: float, due: float | None) -> None:
+    """The delay counts from the instant the ledger records the job."""
     spec, _ = spec_of(delay_s=delay_s)
-    assert spec.run_at == (None if due is None else T0 + timedelta(seconds=due))
+    [submitted, *rest] = domain.submit(uuid4(), spec, T0)
+    assert isinstance(submitted, Submitted)
+    assert submitted.run_at == T0 + timedelta(seconds=due or 0)
+    assert [e.TYPE for e in rest] == (["queued"] if due is None else [])
 
 
 @pytest.mark.parametrize(
