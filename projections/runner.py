@@ -1,6 +1,6 @@
-"""The projector: follows the ledger's log into the views, one transaction per page.
+"""The projector: follows the ledger's log into the views, one transaction per batch.
 
-`Follower` is the synchronous core (read a page, fold it, commit it with the
+`Follower` is the synchronous core (read a batch, fold it, commit it with the
 tracking position); `Projector` is the long-running role around it: leader
 election among projector processes, LISTEN on the events channel to wake at
 once, a fallback poll, and an explicit stop. `rebuild` drops the views and
@@ -20,6 +20,7 @@ from uuid import UUID
 import anyio
 import psycopg
 import structlog
+from eventsourcing.persistence import PersistenceError
 from psycopg import sql
 
 from ledger import JobEvent, Leadership, Ledger
@@ -231,7 +232,6 @@ class Projector:
         self.poll_s = poll_s
         self.leader_retry_s = leader_retry_s
         self._stop = anyio.Event()
-        self.leading = anyio.Event()
 
     async def __aenter__(self) -> Projector:
         return self
@@ -259,7 +259,7 @@ class Projector:
             while not self._stop.is_set():
                 try:
                     await self._lead()
-                except (psycopg.Error, OSError) as e:
+                except (psycopg.Error, PersistenceError, OSError) as e:
                     log.warning("projector error, retrying", error=str(e).strip()[:200])
                     await anyio.sleep(self.poll_s)
             tg.cancel_scope.cancel()
@@ -268,11 +268,7 @@ class Projector:
         leadership = Leadership(self.database_url, LEADER_NAME, retry_s=self.leader_retry_s)
         async with leadership:
             log.info("projector leads")
-            self.leading.set()
-            try:
-                await self._follow(leadership)
-            finally:
-                self.leading = anyio.Event()
+            await self._follow(leadership)
 
     async def _step(self, follower: Follower) -> int:
         try:
