@@ -3,7 +3,8 @@
 The children share one process group of their own, apart from the
 supervisor's: a terminal's Ctrl-C reaches the supervisor alone, and it passes
 each signal on exactly once (a worker takes a second signal as "stop now"),
-while `kill -TERM -<group>` still reaches every role at once. `stop()` signals
+while `kill -TERM -<group>` still reaches every role at once. If the
+supervisor itself is killed, the kernel sends each child SIGTERM (Linux). `stop()` signals
 every running child, waits for them to drain (a worker lets its attempts
 finish within its grace period) and kills what still runs after
 `kill_after_s`. A child that exits on its own while not stopping is restarted
@@ -12,10 +13,12 @@ with a growing pause. Signal handlers are the entry point's business.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -79,7 +82,10 @@ class Supervisor:
         for group in (self.pgid or 0, 0):
             try:
                 proc = subprocess.Popen(  # noqa: S603  (our own command line)
-                    list(child.argv), stdin=subprocess.DEVNULL, process_group=group
+                    list(child.argv),
+                    stdin=subprocess.DEVNULL,
+                    process_group=group,
+                    preexec_fn=_die_with_parent(),  # noqa: PLW1509  (no threads here)
                 )
             except PermissionError:  # every earlier child has exited: the group is gone
                 continue
@@ -122,9 +128,25 @@ class Supervisor:
         return code
 
 
-def kill_group(pgid: int, signum: signal.Signals = signal.SIGKILL) -> None:
-    """Signal a whole process group (tests and last-resort cleanup)."""
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """What a child runs before exec so it gets SIGTERM when `up` dies, even by kill -9.
+
+    The children live in a process group of their own, so nothing else would
+    stop them. Linux only (prctl); elsewhere children outlive a killed `up`.
+    """
     try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        return
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError, TypeError):
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # `up` died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child

@@ -47,10 +47,13 @@ def fast_env(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def roles() -> Iterator[list[Role]]:
+    """Roles of the test, stopped at its end (gracefully, so `up` stops its children)."""
     started: list[Role] = []
     yield started
     for role in started:
-        role.kill9()
+        role.proc.send_signal(signal.SIGTERM)
+    for role in started:
+        role.terminate(timeout_s=20)
 
 
 def log_lines(role: Role) -> list[dict[str, object]]:
@@ -151,6 +154,36 @@ def test_up_restarts_a_crashed_role_and_stops_every_role_on_sigterm_with_exit_0(
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_the_roles_of_a_killed_up_stop_too(fast_env: dict[str, str], roles: list[Role]) -> None:
+    up = Role(["up", "--workers", "1", "--port", str(free_port())], fast_env)
+    roles.append(up)
+
+    def started() -> set[int] | None:
+        pids = {int(str(x["pid"])) for x in logged(up, "started")}
+        return pids if len(pids) >= 3 else None  # api, dispatcher, worker, ...
+
+    pids = wait_for(started, 30, "the roles")
+
+    os.kill(up.proc.pid, signal.SIGKILL)  # the supervisor alone; its children are elsewhere
+
+    def all_gone() -> bool:
+        return all(not _alive(pid) for pid in pids)
+
+    try:
+        wait_for(all_gone, 30, "every role to stop")
+    finally:
+        for pid in filter(_alive, pids):  # leave nothing running, whatever happened
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def run_through_a_redis_fault(
