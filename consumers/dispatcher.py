@@ -124,7 +124,9 @@ class LedgerListener:
                 await anyio.sleep(1.0)
 
 
-async def fetch(ledger: Ledger, statement: str, params: Sequence[Any] = ()) -> list[DictRow]:
+async def fetch(
+    ledger: Ledger, statement: str, params: Sequence[Any] | dict[str, Any] = ()
+) -> list[DictRow]:
     """Rows of one query on the ledger's database, run in a worker thread."""
 
     def run() -> list[DictRow]:

@@ -20,10 +20,16 @@ from ledger import Change, ConcurrencyConflict, Job, Ledger, Status, change, com
 
 log = structlog.get_logger("jobledger.timers")
 
-SELECT_EARLIEST = """
-SELECT job_id, due_at FROM jl_jobs
-WHERE status IN ('scheduled', 'retrying')
-ORDER BY due_at LIMIT %s
+# The due jobs, and one more row (no job id) with the next due time after them:
+# only what is needed, however many jobs wait for later.
+SELECT_DUE = """
+(SELECT job_id, due_at FROM jl_jobs
+ WHERE status IN ('scheduled', 'retrying') AND due_at <= %(now)s
+ ORDER BY due_at LIMIT %(limit)s)
+UNION ALL
+(SELECT NULL::uuid, due_at FROM jl_jobs
+ WHERE status IN ('scheduled', 'retrying') AND due_at > %(now)s
+ ORDER BY due_at LIMIT 1)
 """
 WAITING = (Status.SCHEDULED, Status.RETRYING)
 
@@ -60,14 +66,14 @@ class Timers:
 
     async def fire_due(self) -> datetime | None:
         """Enqueue the due jobs; return the next due time (now if more are due), or None."""
-        rows = await fetch(self.ledger, SELECT_EARLIEST, (self.batch_size,))
         now = utc_now()
-        due = [row["job_id"] for row in rows if row["due_at"] <= now]
+        rows = await fetch(self.ledger, SELECT_DUE, {"now": now, "limit": self.batch_size})
+        due = [row["job_id"] for row in rows if row["job_id"] is not None]
         if due:
             self.fired += await anyio.to_thread.run_sync(self._enqueue, due)
         if len(due) == self.batch_size:
             return now
-        later = [row["due_at"] for row in rows if row["due_at"] > now]
+        later = [row["due_at"] for row in rows if row["job_id"] is None]
         return later[0] if later else None
 
     def _enqueue(self, job_ids: Sequence[UUID]) -> int:
