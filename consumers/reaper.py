@@ -39,9 +39,10 @@ from ledger import (
 
 log = structlog.get_logger("jobledger.reaper")
 
+# The database's clock, the one workers renew leases with (`now() + lease`).
 SELECT_EXPIRED = """
 SELECT job_id, version FROM jl_jobs
-WHERE status = 'running' AND lease_until < %s
+WHERE status = 'running' AND lease_until < now()
 ORDER BY lease_until LIMIT %s
 """
 SELECT_STATUS = "SELECT job_id, status FROM jl_jobs WHERE job_id = ANY(%s)"
@@ -96,7 +97,7 @@ class Reaper:
 
     async def reap_expired(self) -> int:
         """Record every attempt whose lease expired as lost; the number recorded."""
-        rows = await fetch(self.ledger, SELECT_EXPIRED, (utc_now(), self.batch_size))
+        rows = await fetch(self.ledger, SELECT_EXPIRED, (self.batch_size,))
         if not rows:
             return 0
         versions = {row["job_id"]: row["version"] for row in rows}
