@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -75,7 +75,9 @@ class Follower:
 
     def reset(self) -> None:
         """Forget what is cached and go on from the stored position."""
-        self._pending = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            wait([pending])  # landed or not, the stored position says which
         self.cache.clear()
         self.position = self.store.position()
 

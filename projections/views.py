@@ -69,6 +69,8 @@ CREATE INDEX IF NOT EXISTS jl_view_jobs_org_type ON jl_view_jobs (org, job_type,
 CREATE INDEX IF NOT EXISTS jl_view_jobs_status ON jl_view_jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jl_view_jobs_dead ON jl_view_jobs (org, updated_at, seq)
     WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS jl_view_jobs_all_dead ON jl_view_jobs (updated_at, seq)
+    WHERE status = 'failed';
 """
 CREATE_TRACKING = """
 CREATE TABLE IF NOT EXISTS jl_view_tracking (
