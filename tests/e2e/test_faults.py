@@ -156,7 +156,9 @@ def test_up_restarts_a_crashed_role_and_stops_every_role_on_sigterm_with_exit_0(
             os.kill(pid, 0)
 
 
-def test_the_roles_of_a_killed_up_stop_too(fast_env: dict[str, str], roles: list[Role]) -> None:
+def test_the_roles_of_a_killed_up_stop_too(
+    fast_env: dict[str, str], roles: list[Role], clean_redis: None
+) -> None:
     up = Role(["up", "--workers", "1", "--port", str(free_port())], fast_env)
     roles.append(up)
 
