@@ -16,6 +16,7 @@ from tests.integration.projection_workload import (
     submit_jobs,
     tracked_position,
     view_rows,
+    workload,
 )
 
 
@@ -120,3 +121,20 @@ def test_lag_counts_the_unprojected_events_and_the_age_of_the_oldest(
     assert behind.seconds > 0
     catch_up(ledger, database_url)
     assert run(lag()) == Lag(events=0, seconds=0.0)
+
+
+def test_a_follower_that_cannot_keep_its_rows_reads_them_back_and_builds_the_same_views(
+    ledger: Ledger, database_url: str
+) -> None:
+    workload(ledger, 300)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        follower = Follower(
+            ledger, conn, page_size=40, batch_size=120, cache_size=30, write_behind=True
+        )
+        while follower.step():
+            pass
+        follower.close()
+    assert tracked_position(database_url) == ledger.max_position()
+    forgetful = view_rows(database_url)
+    rebuild_views(ledger, database_url)
+    assert view_rows(database_url) == forgetful
