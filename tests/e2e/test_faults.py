@@ -46,8 +46,11 @@ def fast_env(env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def roles() -> Iterator[list[Role]]:
-    """Roles of the test, stopped at its end (gracefully, so `up` stops its children)."""
+def roles(clean_redis: None) -> Iterator[list[Role]]:
+    """Roles of the test, stopped at its end (gracefully, so `up` stops its children).
+
+    Stopped before the test's Redis keys are deleted, so none come back.
+    """
     started: list[Role] = []
     yield started
     for role in started:
