@@ -50,6 +50,36 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
+def make_server(config: Any) -> Any:
+    """uvicorn's server, except that a SIGTERM or Ctrl-C that drained it exits 0.
+
+    (uvicorn re-raises the signal after its graceful shutdown, so the process
+    would end "killed by SIGTERM" after doing everything right.)
+    """
+    import signal
+    import threading
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            signals = (signal.SIGINT, signal.SIGTERM)
+            before = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
+
+
 def uvicorn_config(settings: Settings, ledger: Ledger, host: str, port: int) -> Any:
     import uvicorn
 
@@ -77,11 +107,9 @@ def worker_app() -> Any:
 
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Run the API inside an event loop that someone else owns (`jobledger up`)."""
-    import uvicorn
-
     ledger = make_ledger(settings, pool_size=4)
     try:
-        await uvicorn.Server(uvicorn_config(settings, ledger, host, port)).serve()
+        await make_server(uvicorn_config(settings, ledger, host, port)).serve()
     finally:
         ledger.close()
 
@@ -101,7 +129,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     ledger = make_ledger(settings, pool_size=4)
     try:
-        server = uvicorn.Server(uvicorn_config(settings, ledger, args.host, args.port))
+        server = make_server(uvicorn_config(settings, ledger, args.host, args.port))
         server.run()
     finally:
         ledger.close()

@@ -78,11 +78,10 @@ def server_process(env: dict[str, str], log: IO[Any] | Path | None = None) -> It
             except httpx.TransportError:
                 time.sleep(0.05)
         yield url
-    finally:
         proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
+        assert proc.wait(15) == 0, "jobledger api did not drain and exit 0 on SIGTERM"
+    finally:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
         if isinstance(log, Path):
