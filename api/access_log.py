@@ -77,7 +77,7 @@ class AccessLog:
             buffer,
             processors=config["processors"],
             wrapper_class=config["wrapper_class"],
-        )
+        ).bind()  # the bound logger itself: the lazy proxy would rebuild it per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
