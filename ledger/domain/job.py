@@ -88,7 +88,7 @@ class Job:
 # ---------------------------------------------------------------- evolve
 
 
-def evolve(job: Job | None, event: JobEvent) -> Job:  # noqa: PLR0911  (one case per event)
+def evolve(job: Job | None, event: JobEvent) -> Job:
     """Apply one recorded event. Never raises for a well-formed history."""
     at = event.timestamp
     version = event.originator_version
@@ -111,56 +111,56 @@ def evolve(job: Job | None, event: JobEvent) -> Job:  # noqa: PLR0911  (one case
             next_attempt_at=event.run_at,
         )
     assert job is not None, "only a submitted event may start a history"
-    job = replace(job, version=version, updated_at=at)
+    # One copy per event: replaying and projecting fold millions of events.
+    return replace(job, version=version, updated_at=at, **_changes(job, event, at))
+
+
+def _changes(job: Job, event: JobEvent, at: datetime) -> dict[str, Any]:  # noqa: PLR0911
     match event:
         case Queued():
-            return replace(job, status=Status.QUEUED, next_attempt_at=None)
+            return {"status": Status.QUEUED, "next_attempt_at": None}
         case AttemptStarted(attempt=attempt, worker=worker, lease_until=lease):
-            return replace(
-                job,
-                status=Status.RUNNING,
-                attempts=attempt,
-                attempt_running=True,
-                worker=worker,
-                lease_until=lease,
-                started_at=at,
-            )
+            return {
+                "status": Status.RUNNING,
+                "attempts": attempt,
+                "attempt_running": True,
+                "worker": worker,
+                "lease_until": lease,
+                "started_at": at,
+            }
         case AttemptSucceeded(result=result):
-            return replace(
-                job,
-                status=Status.SUCCEEDED,
-                attempt_running=False,
-                result=result,
-                last_error=None,
-                finished_at=at,
-                lease_until=None,
-            )
+            return {
+                "status": Status.SUCCEEDED,
+                "attempt_running": False,
+                "result": result,
+                "last_error": None,
+                "finished_at": at,
+                "lease_until": None,
+            }
         case AttemptFailed(error=error):
-            return replace(job, attempt_running=False, lease_until=None, last_error=error)
+            return {"attempt_running": False, "lease_until": None, "last_error": error}
         case RetryScheduled(next_attempt_at=next_at):
-            return replace(job, status=Status.RETRYING, next_attempt_at=next_at)
+            return {"status": Status.RETRYING, "next_attempt_at": next_at}
         case Failed():
-            return replace(job, status=Status.FAILED, finished_at=at)
+            return {"status": Status.FAILED, "finished_at": at}
         case CancelRequested():
-            return replace(job, cancel_requested=True)
+            return {"cancel_requested": True}
         case Cancelled():
-            return replace(
-                job,
-                status=Status.CANCELLED,
-                attempt_running=False,
-                lease_until=None,
-                next_attempt_at=None,
-                finished_at=at,
-            )
+            return {
+                "status": Status.CANCELLED,
+                "attempt_running": False,
+                "lease_until": None,
+                "next_attempt_at": None,
+                "finished_at": at,
+            }
         case RetryRequested(max_attempts=budget):
-            return replace(
-                job,
-                max_attempts=budget,
-                budget_start=job.attempts,
-                cancel_requested=False,
-                finished_at=None,
-                next_attempt_at=None,
-            )
+            return {
+                "max_attempts": budget,
+                "budget_start": job.attempts,
+                "cancel_requested": False,
+                "finished_at": None,
+                "next_attempt_at": None,
+            }
     raise TypeError(f"unknown event {type(event).__name__}")  # pragma: no cover
 
 
