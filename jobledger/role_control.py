@@ -86,8 +86,10 @@ def dispatcher(args: argparse.Namespace, settings: Settings) -> int:
 
 def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.control_plane import redis_client, stream_names
+    from consumers.dispatcher import REDIS_DOWN
     from consumers.reconcile import reconcile as run_reconcile
     from consumers.streams import StreamKeys, Streams
+    from jobledger.wiring import StartupError
 
     ledger = make_ledger(settings)
 
@@ -101,6 +103,8 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         count = anyio.run(main)
+    except REDIS_DOWN as e:
+        raise StartupError(f"cannot reach Redis at {settings.redis_url}: {e}") from None
     finally:
         ledger.close()
     print(f"re-dispatched {count} queued job(s)")

@@ -212,3 +212,21 @@ async def test_the_periodic_safety_net_republishes_only_when_the_streams_hold_fe
     assert Counter(published_ids(settings.redis_url, settings.redis_prefix)) == Counter(
         {jobs[0].id: 1, jobs[1].id: 2, jobs[2].id: 2}
     )
+
+
+def test_the_reconcile_command_says_in_one_line_that_redis_is_unreachable(
+    env: dict[str, str],
+) -> None:
+    import subprocess
+
+    from tests.control_plane_support import free_port
+
+    done = subprocess.run(
+        [*JOBLEDGER, "reconcile"],
+        env={**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("jobledger: error: cannot reach Redis at redis://127.0.0.1:")
