@@ -76,7 +76,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document(
             client.post("/api/jobs", json={**ECHO, "payload": {"result": i}})
         schema = schemathesis.openapi.from_url(f"{url}/schema/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 11
+        assert len(operations) >= 11  # every route of the contract
         for operation in operations:
             for mode in (
                 schemathesis.GenerationMode.POSITIVE,
