@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import psycopg
 import redis.asyncio as aioredis
 import structlog
 from anyio.abc import TaskGroup
+from eventsourcing.persistence import InterfaceError as EventsourcingInterfaceError
+from eventsourcing.persistence import OperationalError as EventsourcingOperationalError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from consumers.dispatcher import Dispatcher, LedgerListener
+from consumers.dispatcher import REDIS_DOWN, Dispatcher, LedgerListener
 from consumers.reaper import Reaper
 from consumers.reconcile import RedisWatch
 from consumers.streams import StreamKeys, Streams
@@ -62,7 +65,10 @@ class ControlPlane:
             try:
                 await self._lead_once()
             except Exception as e:
-                log.exception("control plane failed; restarting", error=str(e))
+                if _is_outage(e):  # expected now and then: one line, no traceback
+                    log.warning("database or redis unreachable; restarting", error=_first_line(e))
+                else:
+                    log.exception("control plane failed; restarting", error=_first_line(e))
                 await anyio.sleep(self.restart_after_s)
 
     async def _lead_once(self) -> None:
@@ -102,3 +108,24 @@ class ControlPlane:
         }
         for part in self.parts.values():
             tg.start_soon(part.run)
+
+
+OUTAGES: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    EventsourcingOperationalError,
+    EventsourcingInterfaceError,
+    *REDIS_DOWN,
+)
+
+
+def _is_outage(e: BaseException) -> bool:
+    if isinstance(e, BaseExceptionGroup):
+        return all(_is_outage(inner) for inner in e.exceptions)
+    return isinstance(e, OUTAGES)
+
+
+def _first_line(e: BaseException) -> str:
+    if isinstance(e, BaseExceptionGroup) and e.exceptions:
+        return _first_line(e.exceptions[0])
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
