@@ -1,10 +1,11 @@
 """What a worker writes to the ledger: attempt starts and outcomes, a batch at a time.
 
 A batch is decided on the states the worker holds (the message's snapshot for
-a start, the started job for an outcome) and appended in one call. Only if the
-ledger refuses it (a job moved on: a duplicate message, a cancel request, a
-reaper) is each item tried on its own, reading the job back where needed; an
-item that no longer applies is dropped (None).
+a start, the started job for an outcome) and appended in one call. If the
+ledger refuses it because some jobs moved on (a duplicate message, a cancel
+request, a reaper), one query of the job index finds which; those are read
+back (one query) and decided again, the rest appended as they were. An item
+that no longer applies to its job's current state is dropped (None).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from uuid import UUID
 
 import anyio
 import structlog
@@ -35,7 +37,8 @@ from ledger import (
 
 log = structlog.get_logger("jobledger.worker")
 
-RETRY_PAUSE_S = 1.0
+ROUNDS = 4
+VERSIONS = "SELECT job_id, version FROM jl_jobs WHERE job_id = ANY(%s)"
 Decide = Callable[[Job], list[JobEvent]]
 
 
@@ -62,7 +65,7 @@ class Recorder:
                 raise InvalidTransition(job.id, job.status.value, "start an attempt")
             return commands.start_attempt(job, self.worker, self.lease_s, now)
 
-        return await self._append_all([(job, decide) for job in jobs])
+        return await self._append_all([(job, decide, False) for job in jobs])
 
     async def finish(self, ended: Sequence[tuple[Attempt, Outcome]]) -> list[Job | None]:
         """Record how each attempt ended; None where the attempt is no longer this worker's.
@@ -71,21 +74,13 @@ class Recorder:
         decided on the job read back; the others on the state this worker holds.
         """
         now = utc_now()
-        results: list[Job | None] = [None] * len(ended)
-        held: list[int] = []
-        async with anyio.create_task_group() as group:
-            for index, (attempt, outcome) in enumerate(ended):
-                if outcome.kind == "lost":
-                    continue
-                if attempt.stale:
-                    decide = self._decider(attempt, outcome, now)
-                    group.start_soon(self._one, results, index, attempt.job, decide, True)
-                else:
-                    held.append(index)
-            items = [(ended[i][0].job, self._decider(*ended[i], now)) for i in held]
-            for index, after in zip(held, await self._append_all(items), strict=True):
-                results[index] = after
-        return results
+        items = [
+            (attempt.job, self._decider(attempt, outcome, now), attempt.stale)
+            for attempt, outcome in ended
+            if _keep(outcome)
+        ]
+        results = iter(await self._append_all(items))
+        return [next(results) if _keep(outcome) else None for _, outcome in ended]
 
     def _decider(self, attempt: Attempt, outcome: Outcome, now: datetime) -> Decide:
         policy = self.policies[attempt.job.type]
@@ -98,38 +93,81 @@ class Recorder:
 
         return decide
 
-    async def _append_all(self, items: Sequence[tuple[Job, Decide]]) -> list[Job | None]:
-        """All in one append; if the ledger refuses, each on its own."""
-        if not items:
-            return []
-        try:
-            changes = [change(job, decide(job)) for job, decide in items]
-            return list(await self.writer.append(changes))
-        except (InvalidTransition, ConcurrencyConflict):
-            pass
-        results: list[Job | None] = [None] * len(items)
-        async with anyio.create_task_group() as group:
-            for index, (job, decide) in enumerate(items):
-                group.start_soon(self._one, results, index, job, decide, False)
-        return results
-
-    async def _one(
-        self, results: list[Job | None], index: int, job: Job, decide: Decide, fresh: bool
-    ) -> None:
-        """Decide on the held state, else on the state read back; None if it no longer applies."""
-        for pause in (0.0, 0.0, RETRY_PAUSE_S, RETRY_PAUSE_S):
-            if pause:
-                await anyio.sleep(pause)
+    async def _append_all(self, items: Sequence[tuple[Job, Decide, bool]]) -> list[Job | None]:
+        """Decide and append every item; read back only the jobs that moved on."""
+        results: dict[int, Job | None] = {}
+        held, reread = _partition(items)
+        for _ in range(ROUNDS):
+            if reread:
+                held.update(await self._read_back(items, reread))
+                results.update({i: None for i in reread if i not in held})
+            reread = []
+            decided: dict[int, list[JobEvent]] = {}
+            for index, job in held.items():
+                try:
+                    decided[index] = items[index][1](job)
+                except InvalidTransition:
+                    if items[index][0] is job:
+                        reread.append(index)  # decided on the held state: look again
+                    else:
+                        results[index] = None  # the job's current state does not allow it
             try:
-                if fresh:
-                    job = await anyio.to_thread.run_sync(self.ledger.load, job.id)
-                [results[index]] = await self.writer.append([change(job, decide(job))])
-                return
-            except InvalidTransition:
-                if fresh:
-                    return  # the job's current state does not allow it
+                after = await self.writer.append([change(held[i], e) for i, e in decided.items()])
             except ConcurrencyConflict:
-                pass
+                moved = await self._moved({i: held[i] for i in decided})
+                reread += moved
+                held = {i: held[i] for i in decided if i not in moved}
+                continue
             except Exception:
-                log.exception("ledger_append_failed", job_id=str(job.id))
-            fresh = True
+                log.exception("ledger_append_failed", changes=len(decided))
+                await anyio.sleep(1.0)
+                held = {i: held[i] for i in decided}
+                continue
+            results.update(zip(decided, after, strict=True))
+            held = {}
+            if not reread:
+                break
+        return [results.get(i) for i in range(len(items))]
+
+    async def _moved(self, held: dict[int, Job]) -> list[int]:
+        """The items whose job's version in the ledger is no longer the one held."""
+
+        def versions() -> dict[UUID, int]:
+            ids = [job.id for job in held.values()]
+            with self.ledger.connection() as conn:
+                rows = conn.execute(VERSIONS, (ids,)).fetchall()
+            return {row["job_id"]: row["version"] for row in rows}
+
+        current = await anyio.to_thread.run_sync(versions)
+        return [i for i, job in held.items() if current.get(job.id) != job.version]
+
+    async def _read_back(
+        self, items: Sequence[tuple[Job, Decide, bool]], indexes: list[int]
+    ) -> dict[int, Job]:
+        jobs = await anyio.to_thread.run_sync(
+            self.ledger.load_many, [items[i][0].id for i in indexes]
+        )
+        return {i: jobs[items[i][0].id] for i in indexes if items[i][0].id in jobs}
+
+
+def _partition(items: Sequence[tuple[Job, Decide, bool]]) -> tuple[dict[int, Job], list[int]]:
+    """The items to decide on the state held, and those to read back first.
+
+    A second item for the same job (a duplicated message) is in neither: dropped.
+    """
+    seen: set[UUID] = set()
+    held: dict[int, Job] = {}
+    reread: list[int] = []
+    for index, (job, _, stale) in enumerate(items):
+        if job.id not in seen:
+            if stale:
+                reread.append(index)
+            else:
+                held[index] = job
+        seen.add(job.id)
+    return held, reread
+
+
+def _keep(outcome: Outcome) -> bool:
+    """A lost attempt was recorded by whoever declared it lost: nothing to append."""
+    return outcome.kind != "lost"

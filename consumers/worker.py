@@ -184,13 +184,18 @@ class Worker:
 
     async def _start(self, messages: list[Message], group: TaskGroup) -> None:
         """Record the starts of a batch in one append, then run each started attempt."""
+        started: list[Job | None] = [None] * len(messages)
+        fresh = [i for i, m in enumerate(messages) if m.job.id not in self.active]
         try:
-            started = await self.recorder.start([m.job for m in messages])
+            recorded = await self.recorder.start([messages[i].job for i in fresh])
         except Exception:
             # The messages stay pending in the stream and are claimed again later.
             log.exception("attempt_start_failed", messages=len(messages))
-            started = []
-            messages = []
+            for _ in messages:
+                self._release_slot()
+            return
+        for i, job in zip(fresh, recorded, strict=True):
+            started[i] = job
         dropped = []
         for message, job in zip(messages, started, strict=True):
             if job is None:
