@@ -119,24 +119,20 @@ class Reaper:
         try:
             self.ledger.append(changes)
         except ConcurrencyConflict:
-            return self._fail_one_by_one(changes)
+            changes = self._fail_one_by_one(changes)
         for c in changes:
-            log.info(
-                "attempt lost", job_id=str(c.after.id), job_type=c.after.type,
-                attempt=c.before.attempts if c.before else None, worker=c.before.worker
-                if c.before else None, next_status=c.after.status.value,
-            )  # fmt: skip
+            _log_lost(c)
         return len(changes)
 
-    def _fail_one_by_one(self, changes: Sequence[Change]) -> int:
-        """A worker finished (or renewed) some of these meanwhile: theirs stands."""
-        done = 0
+    def _fail_one_by_one(self, changes: Sequence[Change]) -> list[Change]:
+        """A worker finished some of these meanwhile: its outcome stands. The ones recorded."""
+        done = []
         for c in changes:
             try:
                 self.ledger.append([c])
             except ConcurrencyConflict:
                 continue
-            done += 1
+            done.append(c)
         return done
 
     def _lost(self, job: Job, now: datetime) -> list[JobEvent]:
@@ -165,3 +161,16 @@ class Reaper:
         if claimed:
             log.info("reclaimed idle messages", messages=len(claimed), republished=republished)
         return len(claimed)
+
+
+def _log_lost(c: Change) -> None:
+    assert c.before is not None
+    log.info(
+        "attempt_lost",
+        job_id=str(c.after.id),
+        type=c.after.type,
+        org=c.after.org,
+        attempt=c.before.attempts,
+        worker=c.before.worker,
+        status=c.after.status.value,
+    )
