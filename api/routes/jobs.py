@@ -30,7 +30,7 @@ MAX_BODY = 256 * 1024
 MAX_BATCH_BODY = 16 * 1024 * 1024  # a full batch of 1,000 jobs may well pass 256 KiB
 
 REASONS = {
-    200: "the existing job",
+    200: "OK (for a repeated idempotency key with the same body: the existing job)",
     202: "cancel requested: the worker stops the running attempt",
     400: "malformed JSON or a bad query parameter",
     401: "missing or unknown API key",
