@@ -2,8 +2,9 @@
 
 `jobledger api` runs as its own process; this process is the load: a few
 keep-alive connections, each sending its next request as soon as the last one
-is answered. Run alone with `python -m jobledger.bench.api` (it creates
-and migrates the database named by DATABASE_URL), or through `jobledger bench`.
+is answered. `run(settings)` uses the database it is given (it adds one
+organisation and a few thousand queued jobs); `python -m jobledger.bench.api`
+runs it on a scratch database beside DATABASE_URL's, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -219,18 +221,40 @@ def run(
     return {**_figures("get", gets, seconds), **_figures("post", posts, seconds)}
 
 
-def main() -> None:
+@contextmanager
+def scratch_settings(settings: Settings) -> Iterator[Settings]:
+    """The settings with a fresh, migrated database on the same server, dropped on exit."""
+    import psycopg
+    from psycopg import sql
+
     from jobledger import roles
-    from jobledger.wiring import load_job_types, load_settings, make_ledger
+    from jobledger.wiring import make_ledger
     from ledger import ensure_database
+
+    name = f"jl_api_bench_{uuid.uuid4().hex[:8]}"
+    url = urlsplit(settings.database_url)._replace(path=f"/{name}").geturl()
+    scratch = settings.model_copy(update={"database_url": url})
+    ensure_database(url)
+    try:
+        make_ledger(scratch, create_tables=True).close()
+        roles.migrate(scratch)
+        yield scratch
+    finally:
+        admin = urlsplit(url)._replace(path="/postgres").geturl()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(drop.format(sql.Identifier(name)))
+
+
+def main() -> None:
+    """`python -m jobledger.bench.api [WORKERS]`: one JSON object of figures."""
+    from jobledger.wiring import load_job_types, load_settings
 
     settings = load_settings()
     load_job_types(settings)
-    ensure_database(settings.database_url)
-    make_ledger(settings, create_tables=True).close()
-    roles.migrate(settings)
     workers = int(sys.argv[1]) if len(sys.argv) > 1 else WORKERS
-    print(json.dumps(run(settings, workers=workers)))
+    with scratch_settings(settings) as scratch:
+        print(json.dumps(run(scratch, workers=workers)))
 
 
 if __name__ == "__main__":
