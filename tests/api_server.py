@@ -21,6 +21,10 @@ from ledger import Ledger, Settings, registry
 from projections import Follower
 
 
+def jobledger() -> str:
+    return str(Path(sys.executable).parent / "jobledger")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,12 +60,14 @@ def server_in_thread(settings: Settings, ledger: Ledger) -> Iterator[str]:
 
 
 @contextmanager
-def server_process(env: dict[str, str], log: IO[Any] | Path | None = None) -> Iterator[str]:
-    """`jobledger api --port P` as a subprocess; its stderr goes to `log`."""
+def server_process(
+    env: dict[str, str], log: IO[Any] | Path | None = None, *, workers: int = 1
+) -> Iterator[str]:
+    """`jobledger api --port P [--workers N]` as a subprocess; its stderr goes to `log`."""
     port = free_port()
     stderr: Any = open(log, "wb") if isinstance(log, Path) else (log or subprocess.DEVNULL)  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "jobledger"), "api", "--port", str(port)],
+        [jobledger(), "api", "--port", str(port), "--workers", str(workers)],
         env={**env, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.DEVNULL,
         stderr=stderr,
@@ -92,7 +98,7 @@ def server_process(env: dict[str, str], log: IO[Any] | Path | None = None) -> It
 def projector_process(env: dict[str, str]) -> Iterator[None]:
     """`jobledger projector`, so the views follow the ledger as in production."""
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "jobledger"), "projector"],
+        [jobledger(), "projector"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -22,6 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from ledger import Settings
+from tests import api_server
 from tests.api_server import key_for, projector_process, server_process
 
 ECHO = {"type": "diag.echo", "payload": {}}
@@ -52,6 +52,19 @@ def test_200_concurrent_posts_for_a_fresh_org_accept_exactly_50(
         assert httpx.delete(f"{url}/api/jobs/{accepted}", headers=headers).status_code == 200
         more = [httpx.post(f"{url}/api/jobs", json=ECHO, headers=headers) for _ in range(2)]
         assert [r.status_code for r in more] == [201, 429]
+
+
+def test_several_server_processes_share_the_port_and_read_their_writes(
+    env: dict[str, str], settings: Settings
+) -> None:
+    headers = key_for(settings.database_url, "acme")
+    with server_process(env, workers=2) as url, httpx.Client(base_url=url, headers=headers) as c:
+        for _ in range(20):
+            with httpx.Client(base_url=url, headers=headers) as fresh:  # new connection each
+                created = fresh.post("/api/jobs", json=ECHO)
+            assert created.status_code == 201
+            got = c.get(created.headers["location"])
+            assert (got.status_code, got.json()["id"]) == (200, created.json()["id"])
 
 
 CHECKS = [
@@ -104,7 +117,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document(
 def test_keys_create_prints_a_working_key_and_the_log_holds_no_secret(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    jobledger = str(Path(sys.executable).parent / "jobledger")
+    jobledger = api_server.jobledger()
     out = subprocess.run(
         [jobledger, "keys", "create", "acme"], env=env, capture_output=True, text=True, check=True
     )
