@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import structlog
 
-from consumers.dispatcher import REDIS_DOWN, fetch, publish_queued
+from consumers.dispatcher import REDIS_DOWN, SELECT_POSITION, fetch, publish_queued
 from consumers.streams import Streams
 from ledger import Ledger, utc_now
 
@@ -75,19 +75,23 @@ class RedisWatch:
         *,
         interval_s: float = 30.0,
         check_s: float = 0.5,
+        dispatcher_name: str = "dispatcher",
     ) -> None:
         self.ledger = ledger
         self.streams = streams
         self.stream_names = list(stream_names)
         self.interval_s = interval_s
         self.check_s = check_s
+        self.dispatcher_name = dispatcher_name  # whose stored position tells a first start
         self.marker = streams.keys.key("dispatcher:alive")
         self.reconciled = 0
 
     async def run(self) -> None:
         cause = await self._lost()  # the marker survives leaders, not a loss of Redis
-        if cause is not None:
+        if cause is not None and await self._published_before():
             await self._reconcile(cause, 0.0)
+        elif cause is not None:  # a first start: the log holds everything, nothing was lost
+            await self._set_marker()
         last_full = anyio.current_time()
         while True:
             await anyio.sleep(self.check_s)
@@ -128,6 +132,19 @@ class RedisWatch:
             await self._wait_until_back()
             return "redis reconnected"
         return None if present else "redis marker missing (first start, or redis lost its data)"
+
+    async def _published_before(self) -> bool:
+        rows = await fetch(self.ledger, SELECT_POSITION, (self.dispatcher_name,))
+        return bool(rows) and int(rows[0]["position"]) > 0
+
+    async def _set_marker(self) -> None:
+        while True:
+            try:
+                await self.streams.client.set(self.marker, "1")
+            except REDIS_DOWN:
+                await self._wait_until_back()
+                continue
+            return
 
     async def _wait_until_back(self) -> None:
         log.warning("redis unreachable; waiting for it")

@@ -103,3 +103,28 @@ async def test_a_running_dispatcher_is_woken_by_the_ledgers_notify_not_its_poll(
         tg.cancel_scope.cancel()
     ids = [m["job"]["id"] for m in stream_messages(settings.redis_url, settings.redis_prefix)]
     assert ids == [str(job.id)]
+
+
+async def test_a_first_start_publishes_a_backlog_once_and_a_start_after_a_loss_republishes_it(
+    ledger: Ledger, settings: Settings, clean_redis: None
+) -> None:
+    """The log covers a first start; only a start after Redis lost its data reconciles."""
+    from consumers.control_plane import ControlPlane
+    from tests.control_plane_support import delete_prefix, published_ids
+
+    jobs = await anyio.to_thread.run_sync(lambda: submit(ledger, 5))
+
+    async def run_plane(seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await ControlPlane(ledger, settings).run()
+
+    await run_plane(2.0)
+    assert Counter(published_ids(settings.redis_url, settings.redis_prefix)) == Counter(
+        j.id for j in jobs
+    )
+
+    delete_prefix(settings.redis_url, settings.redis_prefix)  # Redis lost everything
+    await run_plane(2.0)
+    assert Counter(published_ids(settings.redis_url, settings.redis_prefix)) == Counter(
+        j.id for j in jobs
+    )
