@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ledger.domain.errors import InvalidJob
 from ledger.domain.job import JobSpec
@@ -33,6 +33,16 @@ class Submission(BaseModel):
     max_attempts: int | None = Field(None, ge=1, le=100)
     timeout_s: float | None = Field(None, gt=0, le=86_400, allow_inf_nan=False)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("run_at")
+    @classmethod
+    def _representable_in_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("run_at is out of range") from None
 
     @model_validator(mode="after")
     def _one_of_run_at_or_delay(self) -> Submission:

@@ -78,10 +78,14 @@ class BatchWriter:
         job_ids: Sequence[UUID | None] | None = None,
     ) -> list[tuple[Job, bool]]:
         """Like `Ledger.submit_many`, committed together with other callers' work."""
+        keyed = any(spec.idempotency_key for spec, _ in items)
         for attempt in range(5):
-            prepared = await anyio.to_thread.run_sync(
-                self.ledger.prepare_submissions, items, job_ids
-            )
+            if keyed:  # looking the keys up reads the database: not on the event loop
+                prepared = await anyio.to_thread.run_sync(
+                    self.ledger.prepare_submissions, items, job_ids
+                )
+            else:  # fresh ids: preparing reads nothing, a thread hop would only add latency
+                prepared = self.ledger.prepare_submissions(items, job_ids)
             try:
                 created = await self.append(prepared.changes)
             except ConcurrencyConflict:
