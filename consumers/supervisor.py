@@ -60,6 +60,7 @@ class Supervisor:
         self._stopping = anyio.Event()
         if self._stop_requested:
             self._stopping.set()
+        log.info("starting roles", roles=[c.name for c in self.children])
         async with anyio.create_task_group() as tg:
             for child in self.children:
                 tg.start_soon(self._keep_running, child)

@@ -3,6 +3,7 @@ restarted mid-run. Every job still ends exactly once, and nothing queued is lost
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -164,12 +165,15 @@ def test_the_roles_of_a_killed_up_stop_too(
 ) -> None:
     up = Role(["up", "--workers", "1", "--port", str(free_port())], fast_env)
     roles.append(up)
+    [plan] = wait_for(lambda: logged(up, "starting roles"), 30, "the supervisor")
 
-    def started() -> set[int] | None:
+    def all_started() -> set[int] | None:
         pids = {int(str(x["pid"])) for x in logged(up, "started")}
-        return pids if len(pids) >= 3 else None  # api, dispatcher, worker, ...
+        return pids if len(pids) == len(plan["roles"]) else None  # type: ignore[arg-type]
 
-    pids = wait_for(started, 30, "the roles")
+    pids = wait_for(all_started, 30, "every role")
+    [group] = logged(up, "roles run in process group")
+    time.sleep(2)  # let each role install its signal handlers: this is not a start-up race test
 
     os.kill(up.proc.pid, signal.SIGKILL)  # the supervisor alone; its children are elsewhere
 
@@ -179,8 +183,8 @@ def test_the_roles_of_a_killed_up_stop_too(
     try:
         wait_for(all_gone, 30, "every role to stop")
     finally:
-        for pid in filter(_alive, pids):  # leave nothing running, whatever happened
-            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # leave nothing running, whatever happened
+            os.killpg(int(str(group["pgid"])), signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
