@@ -20,7 +20,6 @@ from uuid import UUID
 import anyio
 import psycopg
 import structlog
-from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
@@ -28,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers.streams import Streams
-from ledger import EVENT_TYPES, Job, JobEvent, Ledger, Status, evolve
+from ledger import EVENT_TYPES, Job, Ledger, Status
 
 log = structlog.get_logger("jobledger.dispatcher")
 
@@ -238,24 +237,4 @@ class Dispatcher:
             self._conn = None
 
     def _fold(self, rows: Sequence[DictRow]) -> dict[UUID, Job]:
-        stored = [
-            StoredEvent(
-                originator_id=row["originator_id"],
-                originator_version=row["originator_version"],
-                topic=row["topic"],
-                state=bytes(row["state"]),
-            )
-            for row in rows
-            if row["originator_id"] is not None
-        ]
-        return fold_stored(self.ledger, stored)
-
-
-def fold_stored(ledger: Ledger, stored: Sequence[StoredEvent]) -> dict[UUID, Job]:
-    """Jobs from their stored events, in (job, version) order: as `Ledger.load_many` does."""
-    jobs: dict[UUID, Job] = {}
-    for item in stored:
-        event = ledger.app.mapper.to_domain_event(item)
-        assert isinstance(event, JobEvent)
-        jobs[event.originator_id] = evolve(jobs.get(event.originator_id), event)
-    return jobs
+        return self.ledger.fold_rows(r for r in rows if r["originator_id"] is not None)

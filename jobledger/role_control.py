@@ -5,20 +5,20 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import psycopg
 import structlog
 
+from jobledger.signals import until_signalled
 from jobledger.wiring import make_ledger
 from ledger import Settings
 
 log = structlog.get_logger("jobledger.up")
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Roles `up` starts besides the dispatcher, in order; a role whose command does
 # not exist in this build is skipped with a log line.
 OPTIONAL_ROLES = ("projector", "scheduler")
@@ -44,22 +44,6 @@ def migrate(settings: Settings) -> None:
         conn.execute(CREATE_POSITION)
 
 
-async def _until_signalled(
-    main: Callable[[], Awaitable[None]], on_signal: Callable[[signal.Signals], None]
-) -> None:
-    """Run `main`; each SIGTERM/SIGINT calls `on_signal` (the only signal handling there is)."""
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-                async for signum in signals:
-                    on_signal(signum)
-
-        tg.start_soon(watch)
-        await main()
-        tg.cancel_scope.cancel()
-
-
 def dispatcher(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.control_plane import ControlPlane
 
@@ -77,7 +61,7 @@ def dispatcher(args: argparse.Namespace, settings: Settings) -> int:
             scope.cancel()
 
     try:
-        anyio.run(_until_signalled, main, on_signal)
+        anyio.run(until_signalled, main, on_signal)
     finally:
         ledger.close()
     log.info("dispatcher stopped")
@@ -118,7 +102,7 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers < 0:
         raise UsageError("--workers must be 0 or more")
     supervisor = Supervisor(_children(args), kill_after_s=settings.shutdown_grace_s + 10.0)
-    anyio.run(_until_signalled, supervisor.run, supervisor.stop)
+    anyio.run(until_signalled, supervisor.run, supervisor.stop)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -36,32 +35,20 @@ def projector(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _serve(settings: Settings, batch_size: int) -> None:
-    import anyio
 
+    from jobledger.signals import until_signalled
     from jobledger.wiring import make_ledger
     from projections import Projector
 
     ledger = make_ledger(settings)
     try:
-        async with (
-            Projector(
-                ledger,
-                settings.database_url,
-                page_size=min(1000, batch_size),
-                batch_size=batch_size,
-            ) as p,
-            anyio.create_task_group() as tg,
-        ):
-
-            async def stop_on_signals() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
-                        p.stop()
-                        return
-
-            tg.start_soon(stop_on_signals)
-            await p.run()
-            tg.cancel_scope.cancel()
+        async with Projector(
+            ledger,
+            settings.database_url,
+            page_size=min(1000, batch_size),
+            batch_size=batch_size,
+        ) as p:
+            await until_signalled(p.run, lambda _signum: p.stop())
     finally:
         ledger.close()
 

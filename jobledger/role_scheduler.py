@@ -45,7 +45,7 @@ def scheduler(args: argparse.Namespace, settings: Settings) -> int:
     """Runs until SIGTERM/SIGINT; a bad schedules file stops it at start (exit 2)."""
     from consumers.scheduler import Scheduler
     from jobledger.cli import open_ledger
-    from jobledger.role_control import _until_signalled  # the one signal handling there is
+    from jobledger.signals import until_signalled
 
     loaded = _load(settings)
     if not loaded:
@@ -54,7 +54,7 @@ def scheduler(args: argparse.Namespace, settings: Settings) -> int:
     running = Scheduler(ledger, loaded, clock=utc_now)
 
     try:
-        anyio.run(_until_signalled, running.run, lambda _signum: running.stop())
+        anyio.run(until_signalled, running.run, lambda _signum: running.stop())
     finally:
         ledger.close()
     log.info("scheduler stopped")

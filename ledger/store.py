@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -313,6 +313,10 @@ class Ledger:
                 "ORDER BY originator_id, originator_version",
                 (list(job_ids),),
             ).fetchall()
+        return self.fold_rows(rows)
+
+    def fold_rows(self, rows: Iterable[Mapping[str, Any]]) -> dict[UUID, Job]:
+        """Jobs from rows of the events table, given in (job, version) order."""
         jobs: dict[UUID, Job] = {}
         for row in rows:
             event = self.app.mapper.to_domain_event(
