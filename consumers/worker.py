@@ -41,6 +41,11 @@ T = TypeVar("T")
 
 RENEW_INTERVAL_S = 0.5
 IDLE_BLOCK_MS = 500
+# Outcomes wait a moment before they are recorded, so that attempts ending
+# together share a commit and the starts read meanwhile go first (or along).
+OUTCOME_LINGER_S = 0.005
+START_LINGER_S = 0.002
+PRIORITY_WAIT_S = 0.05
 
 RENEW_LEASES = """
 UPDATE jl_jobs AS j SET lease_until = GREATEST(j.lease_until, now() + %s * interval '1 second')
@@ -56,6 +61,7 @@ class WorkerConfig:
     lease_s: float = 30.0
     shutdown_grace_s: float = 30.0
     retry_delays_s: tuple[float, ...] | None = None
+    prefetch: int = 100  # messages read ahead while every slot is taken
 
 
 def consumer_name() -> str:
@@ -83,8 +89,10 @@ class Worker:
         self._slot_freed = anyio.Event()
         self._backlog: list[Message] = []
         self._stopping = anyio.Event()
+        self._starting = 0  # start batches in flight
+        self._no_starts = anyio.Event()
         self._grace = anyio.CancelScope()
-        self._ended: Batcher[tuple[Attempt, Outcome]] = Batcher(self._finish)
+        self._ended: Batcher[tuple[Attempt, Outcome]] = Batcher(self._finish, OUTCOME_LINGER_S)
         self._exit = AsyncExitStack()
         self.recorder: Recorder
         self._background: TaskGroup
@@ -135,6 +143,7 @@ class Worker:
         """Run attempts until `stop()`, then drain: grace period, then stop the rest."""
         async with anyio.create_task_group() as group:
             await self._read_loop(group)
+            await self._hand_back()
             self._grace.deadline = anyio.current_time() + self.config.shutdown_grace_s
             with self._grace:
                 while self._free < self.config.concurrency:
@@ -147,14 +156,45 @@ class Worker:
     # ------------------------------------------------------------ reading
 
     async def _read_loop(self, group: TaskGroup) -> None:
+        """Start what slots allow; read ahead up to `prefetch` more while they are full."""
         while not self._stopping.is_set():
-            if self._free <= 0:
-                await self._wait_for_slot()
+            if self._free > 0 and self._backlog:
+                self._launch(group, self._backlog[: self._free])
                 continue
-            messages = await self._read(self._free)
-            if messages:
-                self._free -= len(messages)
-                group.start_soon(self._start, messages, group)
+            room = self._free + self.config.prefetch - len(self._backlog)
+            if room > 0:
+                if not self._free:
+                    await self._after_starts()
+                messages = await self._read(room, block=self._free > 0)
+                if messages:
+                    self._backlog.extend(messages)
+                    continue
+                if self._free > 0:
+                    continue  # the blocking read timed out: read again
+            await self._wait_for_slot()
+            if self._free < self.config.concurrency // 2:
+                await anyio.sleep(START_LINGER_S)  # attempts ending together start a batch
+
+    def _launch(self, group: TaskGroup, messages: list[Message]) -> None:
+        del self._backlog[: len(messages)]
+        self._free -= len(messages)
+        if not self._starting:
+            self._no_starts = anyio.Event()
+        self._starting += 1
+        group.start_soon(self._start, messages, group)
+
+    async def _after_starts(self) -> None:
+        """Let batches of starts go first: they are what attempts wait for."""
+        if self._starting:
+            with anyio.move_on_after(PRIORITY_WAIT_S):
+                await self._no_starts.wait()
+
+    async def _hand_back(self) -> None:
+        """Messages read ahead but not started go back to the stream for other workers."""
+        backlog, self._backlog = self._backlog, []
+        if backlog:
+            await self.streams.publish([m.job for m in backlog])
+            await ack(self.streams, backlog)
 
     async def _wait_for_slot(self) -> None:
         await self._slot_freed.wait()
@@ -164,26 +204,31 @@ class Worker:
         self._free += 1
         self._slot_freed.set()
 
-    async def _read(self, count: int) -> list[Message]:
-        """Up to `count` messages, high priority first; blocks (briefly) when idle."""
-        got = self._backlog[:count]
-        del self._backlog[:count]
+    async def _read(self, count: int, *, block: bool) -> list[Message]:
+        """Up to `count` messages, high priority first; waits briefly for some if `block`."""
+        got: list[Message] = []
         for streams in self.levels:
             if len(got) >= count:
                 return got
             got += await self.streams.read(self.name, streams, count - len(got), None)
-        if got:
+        if got or not block:
             return got
         everything = [s for level in self.levels for s in level]
-        got = await self.streams.read(self.name, everything, count, IDLE_BLOCK_MS)
-        # A blocking read over many streams may return `count` from each.
-        self._backlog.extend(got[count:])
-        return got[:count]
+        # A blocking read over many streams may return up to `count` from each.
+        return await self.streams.read(self.name, everything, count, IDLE_BLOCK_MS)
 
     # ------------------------------------------------------------ attempts
 
     async def _start(self, messages: list[Message], group: TaskGroup) -> None:
         """Record the starts of a batch in one append, then run each started attempt."""
+        try:
+            await self._start_batch(messages, group)
+        finally:
+            self._starting -= 1
+            if not self._starting:
+                self._no_starts.set()
+
+    async def _start_batch(self, messages: list[Message], group: TaskGroup) -> None:
         started: list[Job | None] = [None] * len(messages)
         fresh = [i for i, m in enumerate(messages) if m.job.id not in self.active]
         try:
@@ -217,6 +262,7 @@ class Worker:
 
     async def _finish(self, ended: list[tuple[Attempt, Outcome]]) -> None:
         """Record the outcomes of attempts that ended, then acknowledge their messages."""
+        await self._after_starts()
         recorded: list[Job | None] = [None] * len(ended)
         try:
             recorded = await self.recorder.finish(ended)
@@ -239,7 +285,8 @@ class Worker:
                 rows = await anyio.to_thread.run_sync(self._renew, held)
                 if anyio.current_time() - touched >= min(self.config.lease_s / 4, 5.0):
                     touched = anyio.current_time()
-                    await self.streams.touch(self.name, [a.message for a in held])
+                    messages = [a.message for a in held] + self._backlog
+                    await self.streams.touch(self.name, messages)
             except Exception:
                 log.exception("lease_renewal_failed")
                 continue
@@ -266,8 +313,9 @@ class Worker:
 class Batcher(Generic[T]):
     """Collects items and hands all that are waiting to one call: at once when idle."""
 
-    def __init__(self, flush: Callable[[list[T]], Awaitable[None]]) -> None:
+    def __init__(self, flush: Callable[[list[T]], Awaitable[None]], linger_s: float = 0.0) -> None:
         self._flush = flush
+        self._linger_s = linger_s
         self._items: list[T] = []
         self._ready = anyio.Event()
         self._lock = anyio.Lock()
@@ -279,6 +327,7 @@ class Batcher(Generic[T]):
     async def run(self) -> None:
         while True:
             await self._ready.wait()
+            await anyio.sleep(self._linger_s)
             self._ready = anyio.Event()
             await self.flush()
 

@@ -55,6 +55,7 @@ async def serve(settings: Settings) -> None:
     client = aioredis.Redis.from_url(settings.redis_url)
     config = WorkerConfig(
         concurrency=settings.worker_concurrency,
+        prefetch=settings.worker_concurrency,
         lease_s=settings.lease_s,
         shutdown_grace_s=settings.shutdown_grace_s,
         retry_delays_s=settings.retry_delays_s,
