@@ -47,11 +47,27 @@ OUTCOME_LINGER_S = 0.005
 START_LINGER_S = 0.002
 PRIORITY_WAIT_S = 0.05
 
+# Renews the leases of this worker's attempts and reports, for each, whether it
+# is still this worker's (running, same attempt), its version and any cancel
+# request. Rows another transaction holds are skipped, never waited for: an
+# append locks its rows in its own order, and waiting here could deadlock with
+# it. Every part of the statement sees one snapshot, so a skipped row still
+# reads as running and mine.
 RENEW_LEASES = """
-UPDATE jl_jobs AS j SET lease_until = GREATEST(j.lease_until, now() + %s * interval '1 second')
-FROM unnest(%s::uuid[], %s::integer[]) AS a(job_id, attempt)
-WHERE j.job_id = a.job_id AND j.attempts = a.attempt AND j.status = 'running'
-RETURNING j.job_id, j.cancel_requested, j.version
+WITH wanted AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[]) AS w(job_id, attempt)
+), free AS (
+    SELECT j.job_id FROM jl_jobs AS j JOIN wanted AS w USING (job_id)
+    WHERE j.attempts = w.attempt AND j.status = 'running'
+    FOR UPDATE OF j SKIP LOCKED
+), renewed AS (
+    UPDATE jl_jobs AS j
+    SET lease_until = GREATEST(j.lease_until, now() + %(lease_s)s * interval '1 second')
+    FROM free WHERE j.job_id = free.job_id
+)
+SELECT j.job_id, j.cancel_requested, j.version
+FROM jl_jobs AS j JOIN wanted AS w USING (job_id)
+WHERE j.attempts = w.attempt AND j.status = 'running'
 """
 
 
@@ -163,9 +179,12 @@ class Worker:
                 continue
             room = self._free + self.config.prefetch - len(self._backlog)
             if room > 0:
-                if not self._free:
+                if not self._free and self._starting:
                     await self._after_starts()
-                messages = await self._read(room, block=self._free > 0)
+                    continue  # slots may have freed meanwhile: look again
+                # Block only with nothing in hand, or read-ahead would hold up starts.
+                block = self._free > 0 and not self._backlog
+                messages = await self._read(room, block=block)
                 if messages:
                     self._backlog.extend(messages)
                     continue
@@ -306,7 +325,8 @@ class Worker:
         ids = [a.job.id for a in held]
         numbers = [a.number for a in held]
         with self.ledger.connection() as conn:
-            rows = conn.execute(RENEW_LEASES, (self.config.lease_s, ids, numbers)).fetchall()
+            params = {"ids": ids, "attempts": numbers, "lease_s": self.config.lease_s}
+            rows = conn.execute(RENEW_LEASES, params).fetchall()
         return {r["job_id"]: (r["cancel_requested"], r["version"]) for r in rows}
 
 

@@ -52,7 +52,7 @@ POLL_S = 0.1
 TIMEOUT_S = 300.0
 LOG_SETTLE_S = 0.5
 DISPATCHER_START_S = 15.0
-READY_LINE = '"reconciled"'
+READY_LINE = '"leading"'
 
 
 class Bench:
@@ -116,7 +116,7 @@ class Bench:
         return ids
 
     def wait_started(self, dispatcher_log: Path) -> None:
-        """Wait for the dispatcher's first reconcile, so jobs submitted later get one message."""
+        """Wait until the dispatcher leads (it is following the ledger)."""
         deadline = time.monotonic() + DISPATCHER_START_S
         while time.monotonic() < deadline and READY_LINE not in dispatcher_log.read_text():
             time.sleep(POLL_S)
