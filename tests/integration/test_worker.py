@@ -143,3 +143,29 @@ async def _all(ledger: Ledger, jobs: list[Job], status: Status) -> bool:
 
 async def _no_attempts(worker: Worker) -> bool:
     return not worker.active
+
+
+def test_messages_read_ahead_are_handed_back_at_shutdown_and_run_by_another_worker(
+    settings: Settings, ledger: Ledger
+) -> None:
+    jobs = [queued(ledger, sleep_ms=300) for _ in range(3)]
+
+    async def main() -> None:
+        config = WorkerConfig(concurrency=1, prefetch=2, shutdown_grace_s=5.0)
+        async with running_worker(settings, ledger, config) as (first, streams):
+            await streams.publish(jobs)
+            await until(lambda: _any(ledger, jobs, Status.RUNNING))
+            first.stop()  # one attempt runs; two messages wait in its read-ahead
+            await until(lambda: _no_attempts(first))
+        async with running_worker(settings, ledger, WorkerConfig()):
+            await until(lambda: _all(ledger, jobs, Status.SUCCEEDED))
+
+    anyio.run(main)
+    for job in jobs:
+        events = [e.TYPE for e in ledger.history(job.id)]
+        assert events.count("attempt_started") == 1
+
+
+async def _any(ledger: Ledger, jobs: list[Job], status: Status) -> bool:
+    checks = [await _is(ledger, job, status) for job in jobs]
+    return any(checks)
