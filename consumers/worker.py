@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 
 from consumers import attempts
 from consumers.attempts import Attempt, Outcome
+from consumers.dispatcher import REDIS_DOWN
 from consumers.recording import Recorder
 from consumers.streams import GROUP, Message, Streams
 from ledger import BatchWriter, Job, Ledger, Registry
@@ -106,6 +107,7 @@ class Worker:
         self._backlog: list[Message] = []
         self._stopping = anyio.Event()
         self._starting = 0  # start batches in flight
+        self._redis_pause = 0.0
         self._no_starts = anyio.Event()
         self._grace = anyio.CancelScope()
         self._ended: Batcher[tuple[Attempt, Outcome]] = Batcher(self._finish, OUTCOME_LINGER_S)
@@ -184,7 +186,12 @@ class Worker:
                     continue  # slots may have freed meanwhile: look again
                 # Block only with nothing in hand, or read-ahead would hold up starts.
                 block = self._free > 0 and not self._backlog
-                messages = await self._read(room, block=block)
+                try:
+                    messages = await self._read(room, block=block)
+                except REDIS_DOWN as e:
+                    await self._redis_down(e)
+                    continue
+                self._redis_pause = 0.0
                 if messages:
                     self._backlog.extend(messages)
                     continue
@@ -193,6 +200,13 @@ class Worker:
             await self._wait_for_slot()
             if self._free < self.config.concurrency // 2:
                 await anyio.sleep(START_LINGER_S)  # attempts ending together start a batch
+
+    async def _redis_down(self, error: BaseException) -> None:
+        """Wait and read again: the dispatcher re-publishes whatever Redis lost."""
+        if not self._redis_pause:
+            log.warning("redis unreachable; reading again when it is back", error=str(error))
+        self._redis_pause = min(max(self._redis_pause * 2, 0.1), 2.0)
+        await anyio.sleep(self._redis_pause)
 
     def _launch(self, group: TaskGroup, messages: list[Message]) -> None:
         del self._backlog[: len(messages)]
@@ -212,7 +226,10 @@ class Worker:
         """Messages read ahead but not started go back to the stream for other workers."""
         backlog, self._backlog = self._backlog, []
         if backlog:
-            await self.streams.publish([m.job for m in backlog])
+            try:
+                await self.streams.publish([m.job for m in backlog])
+            except REDIS_DOWN:
+                return  # Redis lost them anyway; the dispatcher re-publishes queued jobs
             await ack(self.streams, backlog)
 
     async def _wait_for_slot(self) -> None:
@@ -369,11 +386,16 @@ async def ack(streams: Streams, messages: Sequence[Message]) -> None:
         by_stream.setdefault(m.stream, []).append(m.id)
     if not by_stream:
         return
-    async with streams.client.pipeline(transaction=False) as pipe:
-        for stream, ids in by_stream.items():
-            pipe.xack(stream, GROUP, *ids)
-            pipe.xdel(stream, *ids)
-        await pipe.execute(raise_on_error=False)
+    try:
+        async with streams.client.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            await pipe.execute(raise_on_error=False)
+    except REDIS_DOWN as e:
+        # Unacknowledged messages of finished jobs are harmless: whoever claims
+        # them finds the job no longer queued and drops them.
+        log.warning("cannot acknowledge, redis unreachable", error=str(e))
 
 
 def _log_end(attempt: Attempt, outcome: Outcome, after: Job | None) -> None:

@@ -8,9 +8,9 @@ import threading
 from typing import TextIO
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 
+from consumers.control_plane import redis_client
 from consumers.streams import StreamKeys, Streams
 from consumers.worker import Worker, WorkerConfig
 from jobledger.wiring import make_ledger
@@ -52,7 +52,7 @@ async def serve(settings: Settings) -> None:
     logs = LogBuffer(sys.stderr)
     structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=logs))  # type: ignore[arg-type]
     ledger = make_ledger(settings, pool_size=4)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     config = WorkerConfig(
         concurrency=settings.worker_concurrency,
         prefetch=settings.worker_concurrency,
