@@ -3,14 +3,16 @@
     async with Worker(ledger, streams, registry, config) as worker:
         await worker.run()          # until worker.stop()
 
-Each message becomes one task: record the attempt start (decided on the
-message's snapshot, no ledger read), run the handler, record the outcome,
-then acknowledge the message. Starts and outcomes of all tasks go through one
-`BatchWriter`, so a hundred attempts share a transaction; acknowledgements are
-pipelined the same way. One query every half second renews the leases of all
-attempts in flight and brings back cancel requests; an attempt whose job left
-`running` meanwhile (the reaper declared it lost) is stopped and its result
-dropped.
+Messages are read in batches as large as the free slots (high priority
+first), plus up to `prefetch` more while every slot is taken. The starts of a
+batch are decided on the messages' snapshots (no ledger read) and appended
+together (`Recorder`); each started attempt then runs in its own task under
+its timeout. Outcomes of attempts that end together are recorded in one
+append, then their messages are acknowledged in one round trip. Appends go
+through one `BatchWriter`, so starts and outcomes share transactions under
+load. One query every half second renews the leases of all attempts in
+flight and brings back cancel requests; an attempt whose job left `running`
+meanwhile (the reaper declared it lost) is stopped and its result dropped.
 """
 
 from __future__ import annotations

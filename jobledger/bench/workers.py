@@ -259,6 +259,7 @@ def configuration(settings: Settings) -> dict[str, Any]:
         "latency_jobs": f"{LATENCY_JOBS} at {LATENCY_RATE:g}/s",
         "sleep_jobs": f"{SLEEP_JOBS} x {SLEEP_MS} ms at concurrency {SLEEP_CONCURRENCY}",
         "worker_concurrency": settings.worker_concurrency,
+        "worker_read_ahead": settings.worker_concurrency,
         "worker_processes": 1,
         "cpus": os.cpu_count(),
         "dispatcher": "jobledger dispatcher (running throughout)",
