@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from typing import TextIO
@@ -13,6 +12,7 @@ import structlog
 from consumers.control_plane import redis_client
 from consumers.streams import StreamKeys, Streams
 from consumers.worker import Worker, WorkerConfig
+from jobledger.signals import until_signalled
 from jobledger.wiring import make_ledger
 from ledger import Settings, registry
 
@@ -66,9 +66,8 @@ async def serve(settings: Settings) -> None:
             Worker(ledger, streams, registry, config) as worker,
             anyio.create_task_group() as group,
         ):
-            group.start_soon(_stop_on_signals, worker)
             group.start_soon(logs.drain_every, LOG_FLUSH_S)
-            await worker.run()
+            await until_signalled(worker.run, lambda _: _on_signal(worker))
             group.cancel_scope.cancel()
     finally:
         logs.drain()
@@ -76,10 +75,9 @@ async def serve(settings: Settings) -> None:
         ledger.close()
 
 
-async def _stop_on_signals(worker: Worker) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            if worker.stopping:
-                worker.shutdown_now()
-            else:
-                worker.stop()
+def _on_signal(worker: Worker) -> None:
+    """The first signal drains within the grace period, a second one ends it."""
+    if worker.stopping:
+        worker.shutdown_now()
+    else:
+        worker.stop()
