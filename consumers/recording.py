@@ -22,7 +22,6 @@ from consumers import attempts
 from consumers.attempts import Attempt, Outcome
 from ledger import (
     BatchWriter,
-    Change,
     ConcurrencyConflict,
     InvalidTransition,
     Job,
@@ -39,7 +38,6 @@ from ledger import (
 log = structlog.get_logger("jobledger.worker")
 
 ROUNDS = 4
-INLINE_MAX = 4
 VERSIONS = "SELECT job_id, version FROM jl_jobs WHERE job_id = ANY(%s)"
 Decide = Callable[[Job], list[JobEvent]]
 
@@ -53,7 +51,6 @@ class Recorder:
     retry_delays_s: tuple[float, ...] | None
     types: dict[str, JobType]
     policies: dict[str, RetryPolicy] = field(default_factory=dict)
-    busy: list[int] = field(default_factory=lambda: [0])  # appends in flight via the writer
 
     def __post_init__(self) -> None:
         for name, kind in self.types.items():
@@ -115,7 +112,7 @@ class Recorder:
                     else:
                         results[index] = None  # the job's current state does not allow it
             try:
-                after = await self._append([change(held[i], e) for i, e in decided.items()])
+                after = await self.writer.append([change(held[i], e) for i, e in decided.items()])
             except ConcurrencyConflict:
                 moved = await self._moved({i: held[i] for i in decided})
                 reread += moved
@@ -131,22 +128,6 @@ class Recorder:
             if not reread:
                 break
         return [results.get(i) for i in range(len(items))]
-
-    async def _append(self, changes: list[Change]) -> list[Job]:
-        """Through the group-committing writer; a lone small append inline.
-
-        Handing a commit to a thread and back costs two thread wake-ups, several
-        milliseconds on a busy VM, more than the commit itself. When nothing else
-        is being written, a small append blocks the event loop for about a
-        commit's time instead, which is what an idle worker's latency wants.
-        """
-        if len(changes) > INLINE_MAX or self.busy[0]:
-            self.busy[0] += 1
-            try:
-                return await self.writer.append(changes)
-            finally:
-                self.busy[0] -= 1
-        return self.ledger.append(changes)
 
     async def _moved(self, held: dict[int, Job]) -> list[int]:
         """The items whose job's version in the ledger is no longer the one held."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import anyio
 import pytest
 
@@ -123,3 +125,24 @@ def test_a_failed_commit_reaches_every_caller_and_nothing_is_written(ledger: Led
 
     anyio.run(main)
     assert [e.TYPE for e in ledger.history(job.id)] == ["submitted", "queued", "attempt_started"]
+
+
+def test_an_idle_writer_commits_a_small_append_without_a_thread_hop(ledger: Ledger) -> None:
+    """Two thread wake-ups cost more than a commit here; an idle system should not pay them."""
+    job = _submit_one(ledger)
+    threads: list[int] = []
+    append = ledger.append
+
+    def recording_append(changes: list[Change]) -> list[Job]:
+        threads.append(threading.get_ident())
+        return append(changes)
+
+    ledger.append = recording_append  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with BatchWriter(ledger) as writer:
+            await writer.append([change(job, commands.start_attempt(job, "w", 30, utc_now()))])
+
+    anyio.run(main)
+    assert threads == [threading.get_ident()]
+    assert ledger.load(job.id).status == "running"
