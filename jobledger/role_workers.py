@@ -31,7 +31,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def bench(args: argparse.Namespace, settings: Settings) -> int:
-    from jobledger.bench.workers import main
+    from jobledger.bench.suite import main
 
     return main(settings, as_json=args.json)
 

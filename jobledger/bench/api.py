@@ -23,10 +23,10 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
+from jobledger.bench.scratch import scratch_settings
 from ledger import Settings
 
 CLIENTS = 8
@@ -219,31 +219,6 @@ def run(
         gets = asyncio.run(_load(url, get, seconds))
         posts = asyncio.run(_load(url, post, seconds))
     return {**_figures("get", gets, seconds), **_figures("post", posts, seconds)}
-
-
-@contextmanager
-def scratch_settings(settings: Settings) -> Iterator[Settings]:
-    """The settings with a fresh, migrated database on the same server, dropped on exit."""
-    import psycopg
-    from psycopg import sql
-
-    from jobledger import roles
-    from jobledger.wiring import make_ledger
-    from ledger import ensure_database
-
-    name = f"jl_api_bench_{uuid.uuid4().hex[:8]}"
-    url = urlsplit(settings.database_url)._replace(path=f"/{name}").geturl()
-    scratch = settings.model_copy(update={"database_url": url})
-    ensure_database(url)
-    try:
-        make_ledger(scratch, create_tables=True).close()
-        roles.migrate(scratch)
-        yield scratch
-    finally:
-        admin = urlsplit(url)._replace(path="/postgres").geturl()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            conn.execute(drop.format(sql.Identifier(name)))
 
 
 def main() -> None:

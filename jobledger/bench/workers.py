@@ -1,4 +1,4 @@
-"""`jobledger bench`: throughput, latency and concurrency of one worker process.
+"""Throughput, latency and concurrency of one worker process (part of `jobledger bench`).
 
 Measured the way `../shared/peers/README.md` measures the other job queues, on
 a scratch database and a fresh Redis prefix, with `jobledger dispatcher` and
@@ -25,17 +25,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote
 from uuid import UUID
 
 import redis
-from psycopg.conninfo import conninfo_to_dict
 
-from jobledger.bench.ledger import scratch_database
 from jobledger.wiring import make_ledger
 from ledger import JobSpec, Ledger, Settings, registry
 
@@ -47,7 +44,6 @@ WARMUP_JOBS = 5
 SLEEP_JOBS = 1_000
 SLEEP_MS = 100
 SLEEP_CONCURRENCY = 100
-NO_QUOTA = 10**9
 POLL_S = 0.1
 TIMEOUT_S = 300.0
 LOG_SETTLE_S = 0.5
@@ -81,7 +77,7 @@ class Bench:
             "DATABASE_URL": self.settings.database_url,
             "REDIS_URL": self.settings.redis_url,
             "JOBLEDGER_REDIS_PREFIX": self.settings.redis_prefix,
-            "JOBLEDGER_ACTIVE_LIMIT": str(NO_QUOTA),
+            "JOBLEDGER_ACTIVE_LIMIT": str(self.settings.active_limit),
             "JOBLEDGER_LOG_FORMAT": "json",
             **extra,
         }
@@ -216,41 +212,15 @@ def _percentile(sorted_values: Sequence[float], p: float) -> float:
 
 
 def run(settings: Settings) -> dict[str, Any]:
-    """Every figure of this area, on a scratch database and a fresh Redis prefix."""
-    with ExitStack() as stack:
-        url = _as_url(stack.enter_context(scratch_database(settings.database_url)))
-        bench_settings = settings.model_copy(
-            update={
-                "database_url": url,
-                "redis_prefix": f"jlbench{uuid.uuid4().hex[:8]}",
-                "active_limit": NO_QUOTA,
-            }
-        )
-        _migrate(bench_settings)
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jlbench")))
-        bench = Bench(bench_settings, workdir)
-        stack.callback(bench.close)
-        with bench.role("dispatcher") as log:
-            bench.wait_started(log)
-            figures = {**bench.throughput(), **bench.sleep()}
-    return {**figures, "config": configuration(settings)}
-
-
-def _as_url(conninfo: str) -> str:
-    """A libpq connection string as the URL that DATABASE_URL must be."""
-    params = conninfo_to_dict(conninfo)
-    auth = quote(str(params.get("user", "")))
-    if params.get("password"):
-        auth += ":" + quote(str(params["password"]))
-    host = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
-    return f"postgresql://{auth}{'@' if auth else ''}{host}/{quote(str(params['dbname']))}"
-
-
-def _migrate(settings: Settings) -> None:
-    from jobledger import roles
-
-    make_ledger(settings, create_tables=True).close()
-    roles.migrate(settings)
+    """Every figure of this area, on `settings`' (scratch) database and Redis prefix."""
+    with tempfile.TemporaryDirectory(prefix="jlbench") as workdir:
+        bench = Bench(settings, Path(workdir))
+        try:
+            with bench.role("dispatcher") as log:
+                bench.wait_started(log)
+                return {**bench.throughput(), **bench.sleep()}
+        finally:
+            bench.close()
 
 
 def configuration(settings: Settings) -> dict[str, Any]:
@@ -265,34 +235,3 @@ def configuration(settings: Settings) -> dict[str, Any]:
         "dispatcher": "jobledger dispatcher (running throughout)",
         "durability": "every event committed to PostgreSQL (synchronous_commit as configured)",
     }
-
-
-def main(settings: Settings, *, as_json: bool) -> int:
-    figures = run(settings)
-    try:
-        from jobledger.bench import ledger as ledger_bench
-    except ImportError:  # pragma: no cover  (the ledger's benchmark is another area's)
-        pass
-    else:
-        figures.update(ledger_bench.run(settings))
-    if as_json:
-        print(json.dumps(figures))
-        return 0
-    _print_table(figures)
-    return 0
-
-
-def _print_table(figures: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("figure", "value", title="jobledger bench")
-    for name, value in figures.items():
-        if name != "config":
-            table.add_row(name, f"{value:,}" if isinstance(value, int | float) else str(value))
-    config = Table("configuration", "value")
-    for name, value in figures["config"].items():
-        config.add_row(name, str(value))
-    console = Console()
-    console.print(table)
-    console.print(config)
