@@ -98,9 +98,11 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 def up(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.supervisor import Supervisor
     from jobledger.cli import UsageError
+    from jobledger.role_scheduler import configured_schedules
 
     if args.workers < 0:
         raise UsageError("--workers must be 0 or more")
+    configured_schedules(settings)  # a bad file stops `up` now, not its scheduler over and over
     supervisor = Supervisor(_children(args), kill_after_s=settings.shutdown_grace_s + 10.0)
     anyio.run(until_signalled, supervisor.run, supervisor.stop)
     return 0

@@ -33,7 +33,8 @@ def migrate(settings: Settings) -> None:
         conn.execute(CREATE_TICKS)
 
 
-def _load(settings: Settings) -> list[Any]:
+def configured_schedules(settings: Settings) -> list[Any]:
+    """The schedules of JOBLEDGER_SCHEDULES, validated (a bad file raises, naming the field)."""
     from consumers.scheduler import load_schedules
 
     if settings.schedules is None:
@@ -47,7 +48,7 @@ def scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from jobledger.cli import open_ledger
     from jobledger.signals import until_signalled
 
-    loaded = _load(settings)
+    loaded = configured_schedules(settings)
     if not loaded:
         log.info("no schedules: JOBLEDGER_SCHEDULES is not set or empty; idling")
     ledger = open_ledger(settings)
@@ -67,7 +68,7 @@ def schedules(args: argparse.Namespace, settings: Settings) -> int:
 
     from consumers.scheduler import next_tick
 
-    loaded = _load(settings)
+    loaded = configured_schedules(settings)
     if not loaded:
         print("no schedules (JOBLEDGER_SCHEDULES is not set or lists none)")
         return 0
