@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
+
 JOBLEDGER = str(Path(sys.executable).with_name("jobledger"))
 
 
@@ -165,12 +167,14 @@ def test_schedules_lists_each_schedule_with_its_next_fire_time(
     assert paused.split()[-2:] == ["no", "-"]
 
 
+@pytest.mark.parametrize("command", ["scheduler", "up"])
 def test_a_bad_schedules_file_stops_the_scheduler_naming_schedule_and_field(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str], tmp_path: Path, command: str
 ) -> None:
+    """`up` checks the file itself before it starts any role."""
     path = tmp_path / "schedules.toml"
     path.write_text(SCHEDULES.replace("Europe/Berlin", "Europe/Atlantis"))
-    done = jobledger({**env, "JOBLEDGER_SCHEDULES": str(path)}, "scheduler")
+    done = jobledger({**env, "JOBLEDGER_SCHEDULES": str(path)}, command)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "jobledger: error: schedule 'nightly-analytics': timezone: "
