@@ -34,7 +34,9 @@ def _env_name(name: str) -> str:
 
 def load_job_types(settings: Settings) -> Registry:
     """Bind the built-in handlers, then import the application's handler modules."""
-    import consumers.handlers  # noqa: F401  (binds the built-in handlers)
+    from consumers.handlers import bind_builtins
+
+    bind_builtins(registry, settings)
 
     for module in settings.handlers:
         try:

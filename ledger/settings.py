@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     handlers: Annotated[tuple[str, ...], NoDecode] = Field(
         (), validation_alias=_alias("JOBLEDGER_HANDLERS")
     )
+    notify_webhook_url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        validation_alias=_alias("JOBLEDGER_NOTIFY_WEBHOOK"),
+    )
     log_format: Literal["json", "console"] = Field(
         "json", validation_alias=_alias("JOBLEDGER_LOG_FORMAT")
     )

@@ -13,7 +13,7 @@ from ledger.domain.errors import (
 )
 from ledger.domain.events import EVENT_TYPES, JobEvent
 from ledger.domain.job import Job, JobSpec, evolve, fold
-from ledger.domain.job_types import JobType, Payload, Registry, registry
+from ledger.domain.job_types import Handler, JobType, Payload, Registry, registry
 from ledger.domain.retry import RetryPolicy
 from ledger.domain.snapshot import from_snapshot, to_snapshot
 from ledger.domain.status import TRANSITIONS, Status
@@ -22,6 +22,7 @@ __all__ = [
     "EVENT_TYPES",
     "TRANSITIONS",
     "ConcurrencyConflict",
+    "Handler",
     "IdempotencyConflict",
     "InvalidJob",
     "InvalidTransition",

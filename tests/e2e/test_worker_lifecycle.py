@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from consumers.streams import StreamKeys, Streams
 from jobledger.wiring import load_job_types
 from ledger import Ledger, Settings, change, commands, utc_now
+from ledger.domain.notices import failure_notice
 from tests.conftest import PG_SERVER, REDIS_SERVER
 from tests.e2e.test_worker_support import (
     DELAYS,
@@ -105,6 +106,19 @@ def test_a_non_retryable_error_fails_the_job_at_once(system: System) -> None:
     done = wait_for(system.ledger, job.id, "failed")
     assert done.attempts == 1
     assert done.last_error == {"type": "NonRetryableError", "message": "no"}
+
+
+def test_a_failed_jobs_organisation_is_notified_by_a_notice_job_that_runs(
+    system: System,
+) -> None:
+    """Every failure submits a `notify.send` job; it must run, or it would hold a quota slot."""
+    job = submit(system.ledger, payload={"fail_times": 5, "retryable": False, "error": "no"})
+    done = wait_for(system.ledger, job.id, "failed")
+    notice = failure_notice(done)
+    assert notice is not None
+    notified = wait_for(system.ledger, notice[0], "succeeded")
+    assert notified.org == done.org
+    assert notified.result == {"channel": "log"}
 
 
 def test_an_attempt_past_its_timeout_is_stopped_and_recorded_as_timed_out(

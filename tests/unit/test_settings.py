@@ -13,6 +13,7 @@ VARIABLES = (
     "DATABASE_URL", "REDIS_URL", "JOBLEDGER_ACTIVE_LIMIT", "JOBLEDGER_WORKER_CONCURRENCY",
     "JOBLEDGER_RETRY_DELAYS", "JOBLEDGER_LEASE_S", "JOBLEDGER_SHUTDOWN_GRACE_S",
     "JOBLEDGER_SCHEDULES", "JOBLEDGER_HANDLERS", "JOBLEDGER_LOG_FORMAT", "JOBLEDGER_REDIS_PREFIX",
+    "JOBLEDGER_NOTIFY_WEBHOOK",
 )  # fmt: skip
 
 
@@ -92,6 +93,7 @@ def test_an_empty_retry_delays_variable_means_each_types_own(
         ("JOBLEDGER_SHUTDOWN_GRACE_S", "-1"),
         ("JOBLEDGER_LOG_FORMAT", "xml"),
         ("JOBLEDGER_REDIS_PREFIX", "a b"),
+        ("JOBLEDGER_NOTIFY_WEBHOOK", "ftp://hooks.example/x"),
     ],
 )
 def test_a_bad_value_is_one_error_naming_its_variable(
