@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+import redis
 from psycopg import sql
 
 from ledger import Ledger, Settings, registry
@@ -62,8 +63,19 @@ def database_url(template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_prefix() -> str:
-    return f"jlt{uuid.uuid4().hex[:10]}"
+def redis_prefix() -> Iterator[str]:
+    """A fresh key prefix; its keys are deleted afterwards so runs leave nothing behind."""
+    prefix = f"jlt{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_SERVER)
+    try:
+        keys = list(client.scan_iter(match=f"{{{prefix}}}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # a test that stopped Redis on purpose: nothing left to delete
+    finally:
+        client.close()
 
 
 @pytest.fixture
