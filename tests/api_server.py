@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,24 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
 import psycopg
 import uvicorn
 
 from api import create_app, create_key
+from jobledger.bench.api import free_port, jobledger_command, wait_until_healthy
 from ledger import Ledger, Settings, registry
 from projections import Follower
-
-
-def jobledger() -> str:
-    return str(Path(sys.executable).parent / "jobledger")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -67,22 +54,14 @@ def server_process(
     port = free_port()
     stderr: Any = open(log, "wb") if isinstance(log, Path) else (log or subprocess.DEVNULL)  # noqa: SIM115
     proc = subprocess.Popen(
-        [jobledger(), "api", "--port", str(port), "--workers", str(workers)],
+        [jobledger_command(), "api", "--port", str(port), "--workers", str(workers)],
         env={**env, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.DEVNULL,
         stderr=stderr,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"jobledger api exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "jobledger api did not answer in 30 s"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_until_healthy(proc, url)
         yield url
         proc.terminate()
         assert proc.wait(15) == 0, "jobledger api did not drain and exit 0 on SIGTERM"
@@ -98,7 +77,7 @@ def server_process(
 def projector_process(env: dict[str, str]) -> Iterator[None]:
     """`jobledger projector`, so the views follow the ledger as in production."""
     proc = subprocess.Popen(
-        [jobledger(), "projector"],
+        [jobledger_command(), "projector"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

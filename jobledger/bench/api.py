@@ -36,22 +36,37 @@ SEED_JOBS = 1000
 WORKERS = 1
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
 
 
-def _jobledger() -> str:
+def jobledger_command() -> str:
     beside = Path(sys.executable).parent / "jobledger"
     return str(beside) if beside.exists() else (shutil.which("jobledger") or "jobledger")
+
+
+def wait_until_healthy(proc: subprocess.Popen[bytes], url: str, timeout_s: float = 30.0) -> None:
+    """Until `GET /health` answers 200; raises if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jobledger api exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"jobledger api did not answer in {timeout_s:g} s")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
 
 
 @contextmanager
 def api_process(settings: Settings, workers: int = 1) -> Iterator[str]:
     """`jobledger api` on a free port with no quota to speak of (the bench fills the org)."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
@@ -60,24 +75,14 @@ def api_process(settings: Settings, workers: int = 1) -> Iterator[str]:
         "JOBLEDGER_ACTIVE_LIMIT": str(10**9),
     }
     proc = subprocess.Popen(  # noqa: S603  (our own command, arguments we built)
-        [_jobledger(), "api", "--port", str(port), "--workers", str(workers)],
+        [jobledger_command(), "api", "--port", str(port), "--workers", str(workers)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jobledger api exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("jobledger api did not start in 30 s")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_until_healthy(proc, url)
         yield url
     finally:
         proc.terminate()

@@ -117,7 +117,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document(
 def test_keys_create_prints_a_working_key_and_the_log_holds_no_secret(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    jobledger = api_server.jobledger()
+    jobledger = api_server.jobledger_command()
     out = subprocess.run(
         [jobledger, "keys", "create", "acme"], env=env, capture_output=True, text=True, check=True
     )
