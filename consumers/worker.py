@@ -47,7 +47,11 @@ IDLE_BLOCK_MS = 500
 # Outcomes wait a moment before they are recorded, so that attempts ending
 # together share a commit and the starts read meanwhile go first (or along).
 OUTCOME_LINGER_S = 0.005
-START_LINGER_S = 0.002
+# Attempts that end together start their successors in one batch: after a slot
+# frees, the reader waits while more keep freeing (each within START_QUIET_S of
+# the last), never longer than START_LINGER_S.
+START_QUIET_S = 0.001
+START_LINGER_S = 0.005
 PRIORITY_WAIT_S = 0.05
 
 # Renews the leases of this worker's attempts and reports, for each, whether it
@@ -111,6 +115,8 @@ class Worker:
         self._starting = 0  # start batches in flight
         self._redis_pause = 0.0
         self._no_starts = anyio.Event()
+        self._gathered = anyio.Event()  # unset while the reader gathers a batch of starts
+        self._gathered.set()
         self._grace = anyio.CancelScope()
         self._ended: Batcher[tuple[Attempt, Outcome]] = Batcher(self._finish, OUTCOME_LINGER_S)
         self._exit = AsyncExitStack()
@@ -200,8 +206,7 @@ class Worker:
                 if self._free > 0:
                     continue  # the blocking read timed out: read again
             await self._wait_for_slot()
-            if self._free < self.config.concurrency // 2:
-                await anyio.sleep(START_LINGER_S)  # attempts ending together start a batch
+            await self._gather_slots()
 
     async def _redis_down(self, error: BaseException) -> None:
         """Wait and read again: the dispatcher re-publishes whatever Redis lost."""
@@ -219,9 +224,10 @@ class Worker:
         group.start_soon(self._start, messages, group)
 
     async def _after_starts(self) -> None:
-        """Let batches of starts go first: they are what attempts wait for."""
-        if self._starting:
-            with anyio.move_on_after(PRIORITY_WAIT_S):
+        """Let batches of starts go first (gathered, then committed): attempts wait for them."""
+        with anyio.move_on_after(PRIORITY_WAIT_S):
+            await self._gathered.wait()
+            if self._starting:
                 await self._no_starts.wait()
 
     async def _hand_back(self) -> None:
@@ -237,6 +243,27 @@ class Worker:
     async def _wait_for_slot(self) -> None:
         await self._slot_freed.wait()
         self._slot_freed = anyio.Event()
+
+    async def _gather_slots(self) -> None:
+        """Wait while slots keep freeing, so attempts ending together start one batch.
+
+        One batch is one commit, and a batch launched while the rest of a wave
+        is still ending would make the rest wait for its commit. An idle worker
+        does not wait: a slot freed with nothing to start, or every slot free.
+        """
+        deadline = anyio.current_time() + START_LINGER_S
+        self._gathered = anyio.Event()
+        try:
+            while self._free < min(len(self._backlog), self.config.concurrency):
+                quiet = min(START_QUIET_S, deadline - anyio.current_time())
+                if quiet <= 0:
+                    return
+                with anyio.move_on_after(quiet):
+                    await self._wait_for_slot()
+                    continue
+                return  # no slot freed for a while: the wave has ended
+        finally:
+            self._gathered.set()
 
     def _release_slot(self) -> None:
         self._free += 1

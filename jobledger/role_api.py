@@ -7,6 +7,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import Any
 
+from jobledger.runtime import settle_heap
 from jobledger.wiring import make_ledger
 from ledger import Ledger, Settings, registry
 
@@ -102,6 +103,7 @@ def worker_app() -> Any:
     ledger = make_ledger(settings, pool_size=4)
     app = create_app(settings, ledger, registry)
     app.on_shutdown.append(ledger.close)
+    app.on_startup.append(settle_heap)
     return app
 
 
@@ -109,7 +111,9 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     """Run the API inside an event loop that someone else owns (`jobledger up`)."""
     ledger = make_ledger(settings, pool_size=4)
     try:
-        await make_server(uvicorn_config(settings, ledger, host, port)).serve()
+        config = uvicorn_config(settings, ledger, host, port)
+        settle_heap()
+        await make_server(config).serve()
     finally:
         ledger.close()
 
@@ -130,6 +134,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     ledger = make_ledger(settings, pool_size=4)
     try:
         server = make_server(uvicorn_config(settings, ledger, args.host, args.port))
+        settle_heap()
         server.run()
     finally:
         ledger.close()

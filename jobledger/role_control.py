@@ -12,6 +12,7 @@ import anyio
 import psycopg
 import structlog
 
+from jobledger.runtime import settle_heap
 from jobledger.signals import until_signalled
 from jobledger.wiring import make_ledger
 from ledger import Settings
@@ -49,6 +50,7 @@ def dispatcher(args: argparse.Namespace, settings: Settings) -> int:
 
     ledger = make_ledger(settings, pool_size=4)
     plane = ControlPlane(ledger, settings)
+    settle_heap()
     scopes: list[anyio.CancelScope] = []
 
     async def main() -> None:

@@ -36,6 +36,7 @@ def projector(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _serve(settings: Settings, batch_size: int) -> None:
 
+    from jobledger.runtime import settle_heap
     from jobledger.signals import until_signalled
     from jobledger.wiring import make_ledger
     from projections import Projector
@@ -48,6 +49,7 @@ async def _serve(settings: Settings, batch_size: int) -> None:
             page_size=min(1000, batch_size),
             batch_size=batch_size,
         ) as p:
+            settle_heap()
             await until_signalled(p.run, lambda _signum: p.stop())
     finally:
         ledger.close()

@@ -46,6 +46,7 @@ def scheduler(args: argparse.Namespace, settings: Settings) -> int:
     """Runs until SIGTERM/SIGINT; a bad schedules file stops it at start (exit 2)."""
     from consumers.scheduler import Scheduler
     from jobledger.cli import open_ledger
+    from jobledger.runtime import settle_heap
     from jobledger.signals import until_signalled
 
     loaded = configured_schedules(settings)
@@ -53,6 +54,7 @@ def scheduler(args: argparse.Namespace, settings: Settings) -> int:
         log.info("no schedules: JOBLEDGER_SCHEDULES is not set or empty; idling")
     ledger = open_ledger(settings)
     running = Scheduler(ledger, loaded, clock=utc_now)
+    settle_heap()
 
     try:
         anyio.run(until_signalled, running.run, lambda _signum: running.stop())

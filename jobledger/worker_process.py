@@ -12,6 +12,7 @@ import structlog
 from consumers.control_plane import redis_client
 from consumers.streams import StreamKeys, Streams
 from consumers.worker import Worker, WorkerConfig
+from jobledger.runtime import settle_heap
 from jobledger.signals import until_signalled
 from jobledger.wiring import make_ledger
 from ledger import Settings, registry
@@ -67,6 +68,7 @@ async def serve(settings: Settings) -> None:
             anyio.create_task_group() as group,
         ):
             group.start_soon(logs.drain_every, LOG_FLUSH_S)
+            settle_heap()
             await until_signalled(worker.run, lambda _: _on_signal(worker))
             group.cancel_scope.cancel()
     finally:

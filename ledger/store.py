@@ -9,6 +9,7 @@ a thread or a batching writer.
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,10 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
+import structlog
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresDatastore
-from psycopg import Connection
+from psycopg import AsyncConnection, Connection
 from psycopg.rows import DictRow
 
 from ledger.database import connection_params
@@ -32,16 +35,27 @@ from ledger.domain.errors import (
     JobNotFound,
     QuotaExceeded,
 )
-from ledger.domain.events import JobEvent
+from ledger.domain.events import JobEvent, Queued
 from ledger.domain.job import Job, JobSpec
 from ledger.domain.job_types import Registry
 from ledger.domain.notices import failure_notice
 from ledger.domain.status import Status
-from ledger.recorder import QUOTA_CONSTRAINT, UNLIMITED, IndexRow, LedgerRecorder, QuotaDelta
+from ledger.recorder import (
+    QUOTA_CONSTRAINT,
+    UNLIMITED,
+    AppendParams,
+    IndexRow,
+    LedgerRecorder,
+    QuotaDelta,
+)
 from ledger.submission import job_id_for_key
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 Clock = Callable[[], datetime]
+Publisher = Callable[[Sequence[Job]], None]
+PUBLISH_WARNING_EVERY_S = 60.0
+
+log = structlog.get_logger("jobledger.ledger")
 
 
 def utc_now() -> datetime:
@@ -65,6 +79,16 @@ class Change:
 
 def change(before: Job | None, events: Sequence[JobEvent], **kw: Any) -> Change:
     return Change(before, domain.apply_all(before, events), events, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAppend:
+    """An append decided and encoded: the changes (failure notices included) and the call's
+    parameters."""
+
+    changes: Sequence[Change]
+    params: AppendParams
+    quota: Sequence[QuotaDelta]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +116,7 @@ class Ledger:
         pool_size: int = 2,
         max_overflow: int = 8,
         clock: Clock = utc_now,
+        publisher: Publisher | None = None,
     ) -> None:
         params = connection_params(database_url)
         env = {
@@ -118,8 +143,18 @@ class Ledger:
         self.retry_delays_s = retry_delays_s
         self.clock = clock
         self.events_table = recorder.events_table_name
+        self.database_url = database_url
+        # Called after each commit with the jobs it made runnable, so their
+        # messages need not wait for the dispatcher (which publishes whatever
+        # this misses). The composition root installs one; None: no direct path.
+        self.publisher = publisher
+        self._publish_failures = 0
+        self._publish_warned_at = -PUBLISH_WARNING_EVERY_S
 
     def close(self) -> None:
+        close = getattr(self.publisher, "close", None)
+        if close is not None:
+            close()
         self.app.close()
 
     @contextmanager
@@ -134,6 +169,28 @@ class Ledger:
         """Append every change in one transaction: all land or none does."""
         if not changes:
             return []
+        prepared = self.prepare_append(changes)
+        try:
+            self.recorder.insert_prepared(prepared.params)
+        except IntegrityError as e:
+            raise self._refusal(str(e), prepared) from None
+        return self._committed(prepared)
+
+    async def append_async(
+        self, changes: Sequence[Change], conn: AsyncConnection[Any]
+    ) -> list[Job]:
+        """`append` on an async connection that the caller owns: no thread, no pool."""
+        if not changes:
+            return []
+        prepared = self.prepare_append(changes)
+        try:
+            await conn.execute(self.recorder.call_append, prepared.params, prepare=True)
+        except psycopg.IntegrityError as e:
+            raise self._refusal(str(e), prepared) from None
+        return self._committed(prepared)
+
+    def prepare_append(self, changes: Sequence[Change]) -> PreparedAppend:
+        """Everything an append decides and encodes before its one round trip."""
         ids = [c.after.id for c in changes]
         if len(set(ids)) != len(ids):
             # Two changes to one job in one transaction were decided from the
@@ -157,22 +214,58 @@ class Ledger:
             for org, delta in sorted(deltas.items())
             if delta
         ]
+        stored = [self.app.mapper.to_stored_event(e) for e in events]
+        params = self.recorder.append_params(stored, rows, quota)
+        return PreparedAppend(changes, params, quota)
+
+    def _refusal(self, message: str, prepared: PreparedAppend) -> Exception:
+        """What an integrity error of an append means: a quota, or a job that moved on."""
+        if QUOTA_CONSTRAINT in message:
+            return QuotaExceeded(_org_over_quota(message, prepared.quota), self.active_limit)
+        return ConcurrencyConflict([c.after.id for c in prepared.changes])
+
+    def _committed(self, prepared: PreparedAppend) -> list[Job]:
+        if self.publisher is not None:
+            self._publish(self.publisher, prepared.changes)
+        return [c.after for c in prepared.changes]
+
+    def _publish(self, publisher: Publisher, changes: Sequence[Change]) -> None:
+        """Hand the jobs this commit queued to the publisher; never raise (the commit stands).
+
+        Only changes that end with their `queued` event count, so the job's
+        version is that event's, the one the dispatcher's check names; any
+        other shape is left to the dispatcher.
+        """
+        ready = [
+            c.after
+            for c in changes
+            if c.after.status is Status.QUEUED and c.events and isinstance(c.events[-1], Queued)
+        ]
+        if not ready:
+            return
         try:
-            self.app.events.put(events, index_rows=rows, quota=quota)
-        except IntegrityError as e:
-            if QUOTA_CONSTRAINT in str(e):
-                raise QuotaExceeded(_org_over_quota(str(e), quota), self.active_limit) from None
-            raise ConcurrencyConflict([c.after.id for c in changes]) from None
-        return [c.after for c in changes]
+            publisher(ready)
+        except Exception as e:
+            self._publish_failures += 1
+            now = time.monotonic()
+            if now - self._publish_warned_at >= PUBLISH_WARNING_EVERY_S:
+                log.warning(
+                    "direct publish failed; the dispatcher will publish",
+                    error=f"{type(e).__name__}: {e}",
+                    failures=self._publish_failures,
+                )
+                self._publish_warned_at = now
+                self._publish_failures = 0
 
     def _index_row(self, c: Change) -> IndexRow:
         job = c.after
         due = job.next_attempt_at if job.status in (Status.SCHEDULED, Status.RETRYING) else None
         lease = job.lease_until if job.status is Status.RUNNING else None
         return (
-            job.id, job.org, job.type, job.status.value, PRIORITY_RANK[job.priority],
-            job.version, job.attempts, due, lease, job.cancel_requested, job.created_at,
-            job.updated_at, c.fingerprint,
+            str(job.id), job.org, job.type, job.status.value, PRIORITY_RANK[job.priority],
+            job.version, job.attempts, due and due.isoformat(), lease and lease.isoformat(),
+            job.cancel_requested, job.created_at.isoformat(), job.updated_at.isoformat(),
+            c.fingerprint,
         )  # fmt: skip
 
     def _failure_notices(self, changes: Sequence[Change]) -> list[Change]:

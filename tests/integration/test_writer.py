@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -19,6 +20,9 @@ from ledger import (
 )
 from ledger.domain import job as commands
 from tests.factories import a_spec
+
+if TYPE_CHECKING:
+    from ledger.store import PreparedAppend
 
 
 def _submit_one(ledger: Ledger, **overrides: object) -> Job:
@@ -127,17 +131,21 @@ def test_a_failed_commit_reaches_every_caller_and_nothing_is_written(ledger: Led
     assert [e.TYPE for e in ledger.history(job.id)] == ["submitted", "queued", "attempt_started"]
 
 
-def test_an_idle_writer_commits_a_small_append_without_a_thread_hop(ledger: Ledger) -> None:
-    """Two thread wake-ups cost more than a commit here; an idle system should not pay them."""
+def test_the_writer_commits_on_the_event_loop_thread_without_a_thread_hop(ledger: Ledger) -> None:
+    """A thread would cost two wake-ups per commit and fight the event loop for the GIL."""
     job = _submit_one(ledger)
     threads: list[int] = []
-    append = ledger.append
+    prepare = ledger.prepare_append
 
-    def recording_append(changes: list[Change]) -> list[Job]:
+    def recording_prepare(changes: list[Change]) -> PreparedAppend:
         threads.append(threading.get_ident())
-        return append(changes)
+        return prepare(changes)
 
-    ledger.append = recording_append  # type: ignore[method-assign]
+    def no_sync_append(changes: list[Change]) -> list[Job]:
+        raise AssertionError("the writer must not use the blocking append")
+
+    ledger.prepare_append = recording_prepare  # type: ignore[method-assign]
+    ledger.append = no_sync_append  # type: ignore[method-assign]
 
     async def main() -> None:
         async with BatchWriter(ledger) as writer:
