@@ -1,14 +1,24 @@
-"""The dispatcher: follows the ledger and publishes one stream message per job that became runnable.
+"""The dispatcher: follows the ledger and publishes what the direct path did not.
 
-It reads the ledger's notification log (commit order) in pages, picks the
-`queued` events, loads those jobs' current state and XADDs their snapshots.
-Its position is stored only after the XADD, so a crash between an append and
-its publish loses nothing: the restarted dispatcher reads the page again and
-publishes it again. A duplicate message is harmless: the worker's append of
-the attempt start fails on the job's version and the message is dropped.
+Whoever appends a `queued` event publishes the job itself right after the
+commit (the ledger's publish hook, `consumers.publisher.DirectPublisher`).
+The dispatcher is the safety net behind it: it reads the ledger's
+notification log (commit order) in pages, and for each `queued` event
+consumes the marker the direct publish left (see `consumers.publisher`); only
+jobs without one are loaded, folded and published, through the same
+publish-once script, so a job the direct path published gets no second
+message and one it missed (its process died after the commit, Redis was down
+then) still gets one.
 
-PostgreSQL's LISTEN/NOTIFY on the events table's channel wakes it at once;
-a slow fallback poll covers a lost listening connection.
+Its position is stored only after publishing, so a crash between an append
+and its publish loses nothing: the restarted dispatcher reads the page again
+and publishes what has no marker (the direct path's consumed markers are gone
+by then, so its jobs are published again: a duplicate is harmless, the
+worker's append of the attempt start fails on the job's version).
+
+PostgreSQL's LISTEN/NOTIFY on the events table's channel wakes it; it then
+lingers `linger_s` so one read covers many commits (it is off the latency
+path now). A slow fallback poll covers a lost listening connection.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from psycopg.rows import DictRow, dict_row
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from consumers.publisher import OncePublisher, Queued
 from consumers.streams import Streams
 from ledger import EVENT_TYPES, Job, Ledger, Status
 
@@ -43,23 +54,26 @@ CREATE TABLE IF NOT EXISTS jl_dispatch_position (
 """
 SELECT_POSITION = "SELECT position FROM jl_dispatch_position WHERE name = %s"
 # One round trip per page: store the position reached by the previous page (all of
-# it is published by now), read the next page's ids and topics, and the whole
-# history of each job queued in it. Events of other kinds are never decoded.
+# it is published by now), read the next page's size and its `queued` events'
+# (job, version). Histories are read only for jobs the direct path missed.
 STEP = """
 WITH stored AS (
     INSERT INTO jl_dispatch_position (name, position) VALUES (%(name)s, %(after)s)
     ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position
 ), page AS (
-    SELECT notification_id, originator_id, topic FROM {table}
+    SELECT notification_id, originator_id, originator_version, topic FROM {table}
     WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(limit)s
 ), summary AS (
     SELECT max(notification_id) AS last, count(*) AS size FROM page
 )
-SELECT s.last, s.size, e.originator_id, e.originator_version, e.topic, e.state
+SELECT s.last, s.size, p.originator_id, p.originator_version
 FROM summary AS s
-LEFT JOIN {table} AS e
-    ON e.originator_id = ANY(ARRAY(SELECT originator_id FROM page WHERE topic = %(queued)s))
-ORDER BY e.originator_id, e.originator_version
+LEFT JOIN page AS p ON p.topic = %(queued)s
+ORDER BY p.notification_id
+"""
+HISTORIES = """
+SELECT originator_id, originator_version, topic, state FROM {table}
+WHERE originator_id = ANY(%(ids)s) ORDER BY originator_id, originator_version
 """
 
 
@@ -165,17 +179,21 @@ class Dispatcher:
         name: str = "dispatcher",
         page_size: int = 1000,
         fallback_poll_s: float = 1.0,
+        linger_s: float = 0.05,
     ) -> None:
         self.ledger = ledger
         self.streams = streams
+        self.once = OncePublisher(streams.client, streams.keys)
+        self.linger_s = linger_s
         self.wakeup = wakeup
         self.database_url = database_url
         self.name = name
         self.page_size = page_size
         self.fallback_poll_s = fallback_poll_s
         self.position = 0
-        self.published = 0
+        self.published = 0  # messages this dispatcher published (the direct path's not counted)
         self._step = STEP.format(table=ledger.events_table).encode()
+        self._histories = HISTORIES.format(table=ledger.events_table).encode()
         self._conn: psycopg.AsyncConnection[DictRow] | None = None
 
     async def load_position(self) -> int:
@@ -198,8 +216,8 @@ class Dispatcher:
                     await anyio.sleep(delay)
                     continue
                 delay = 0.0
-                if not more:
-                    await self.wakeup.wait(self.fallback_poll_s)
+                if not more and await self.wakeup.wait(self.fallback_poll_s) and self.linger_s:
+                    await anyio.sleep(self.linger_s)  # let more commits gather: one read for all
         finally:
             await self.close()
 
@@ -224,17 +242,45 @@ class Dispatcher:
         rows = await (await self._conn.execute(self._step, params)).fetchall()
         if not rows or rows[0]["last"] is None:
             return False
-        ready = runnable(self._fold(rows).values())
-        await self.streams.publish(ready)
-        self.published += len(ready)
+        pairs = [(r["originator_id"], r["originator_version"]) for r in rows if r["originator_id"]]
+        if pairs:
+            self.published += await self._publish_missed(pairs)
         self.position = int(rows[0]["last"])  # stored with the next page's read
         return int(rows[0]["size"]) == self.page_size
+
+    async def _publish_missed(self, pairs: Sequence[tuple[UUID, int]]) -> int:
+        """Consume the page's markers, then publish the runnable jobs that had none.
+
+        A job is published for its latest `queued` event only: an earlier
+        one's job has been started or re-queued since, and a later one on a
+        later page is that page's to publish.
+        """
+        latest: dict[UUID, int] = {}
+        for job_id, version in pairs:
+            latest[job_id] = max(version, latest.get(job_id, 0))
+        consumed = await self.once.consume(pairs)
+        done = {
+            j for (j, v), found in zip(pairs, consumed, strict=True) if found and v == latest[j]
+        }
+        missed = [j for j in latest if j not in done]
+        if not missed:
+            return 0
+        assert self._conn is not None
+        cursor = await self._conn.execute(self._histories, {"ids": missed})
+        rows = await cursor.fetchall()
+        last_queued = {
+            r["originator_id"]: r["originator_version"] for r in rows if r["topic"] == QUEUED_TOPIC
+        }
+        jobs = self.ledger.fold_rows(rows)
+        ready: list[Queued] = [
+            (job, latest[job.id])
+            for job in runnable(jobs.values())
+            if last_queued.get(job.id) == latest[job.id]
+        ]
+        return await self.once.publish(ready)
 
     async def close(self) -> None:
         if self._conn is not None:
             with anyio.CancelScope(shield=True):
                 await self._conn.close()
             self._conn = None
-
-    def _fold(self, rows: Sequence[DictRow]) -> dict[UUID, Job]:
-        return self.ledger.fold_rows(r for r in rows if r["originator_id"] is not None)

@@ -46,8 +46,19 @@ def load_job_types(settings: Settings) -> Registry:
     return registry
 
 
-def make_ledger(settings: Settings, *, create_tables: bool = False, pool_size: int = 2) -> Ledger:
-    return Ledger(
+def make_ledger(
+    settings: Settings,
+    *,
+    create_tables: bool = False,
+    pool_size: int = 2,
+    publish: bool = True,
+) -> Ledger:
+    """The ledger; with `publish`, each append publishes the jobs it queued right after its commit.
+
+    The dispatcher publishes whatever the direct path misses, so `publish=False`
+    only costs latency; it suits processes that never queue a job.
+    """
+    ledger = Ledger(
         settings.database_url,
         registry=registry,
         active_limit=settings.active_limit,
@@ -55,3 +66,9 @@ def make_ledger(settings: Settings, *, create_tables: bool = False, pool_size: i
         create_tables=create_tables,
         pool_size=pool_size,
     )
+    if publish:
+        from consumers.publisher import DirectPublisher
+        from consumers.streams import StreamKeys
+
+        ledger.publisher = DirectPublisher(StreamKeys(settings.redis_prefix), settings.redis_url)
+    return ledger

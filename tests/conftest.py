@@ -90,6 +90,20 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
 
 @pytest.fixture
 def ledger(settings: Settings) -> Iterator[Ledger]:
+    """A ledger without the direct publish: what reaches a stream is what the test's part sent.
+
+    Tests of the direct path ask for `publishing_ledger`; subprocesses publish as in production.
+    """
+    from jobledger.wiring import make_ledger
+
+    ledger = make_ledger(settings, publish=False)
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture
+def publishing_ledger(settings: Settings) -> Iterator[Ledger]:
+    """A ledger as the composition root makes it: each append publishes the jobs it queued."""
     from jobledger.wiring import make_ledger
 
     ledger = make_ledger(settings)

@@ -18,6 +18,7 @@ from uuid import UUID
 
 import redis
 
+from consumers.dispatcher import Dispatcher
 from ledger import Job, JobSpec, Ledger, Status, change, commands, utc_now
 from tests.factories import a_spec
 
@@ -27,6 +28,14 @@ JOBLEDGER = [sys.executable, "-c", "from jobledger.cli import main; main()"]
 def submit(ledger: Ledger, n: int = 1, **overrides: Any) -> list[Job]:
     specs: list[tuple[JobSpec, str | None]] = [(a_spec(**overrides), None) for _ in range(n)]
     return [job for job, _ in ledger.submit_many(specs)]
+
+
+async def catch_up(dispatcher: Dispatcher) -> None:
+    """Publish everything there is, then store the position (stored with the next read)."""
+    while await dispatcher.step():
+        pass
+    await dispatcher.step()
+    await dispatcher.close()
 
 
 def start(ledger: Ledger, job: Job, *, lease_s: float = 30.0, worker: str = "w1") -> Job:

@@ -39,7 +39,22 @@ def scratch_settings(settings: Settings, tag: str = "bench") -> Iterator[Setting
         roles.migrate(scratch)
         yield scratch
     finally:
+        _delete_prefix(scratch)  # the direct publishes left messages nobody reads
         admin = urlsplit(url)._replace(path="/postgres").geturl()
         with psycopg.connect(admin, autocommit=True) as conn:
             drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
             conn.execute(drop.format(sql.Identifier(name)))
+
+
+def _delete_prefix(settings: Settings) -> None:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = list(client.scan_iter(match="{" + settings.redis_prefix + "}:*", count=10_000))
+        for start in range(0, len(keys), 10_000):
+            client.delete(*keys[start : start + 10_000])
+    except redis.RedisError:
+        pass  # nothing to tidy on a Redis that is gone
+    finally:
+        client.close()

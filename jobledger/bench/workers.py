@@ -118,7 +118,18 @@ class Bench:
             time.sleep(POLL_S)
 
     def wait_dispatched(self, count: int) -> None:
+        """Wait for the messages (published by the submits), then for the dispatcher.
+
+        The dispatcher follows the log behind the direct publishes, consuming
+        their markers; once none is left it is idle and does not compete with
+        the measured worker.
+        """
         self._wait(lambda: int(self.redis.xlen(self.stream)) >= count, "dispatch")
+        self._wait(lambda: not self._markers_left(), "the dispatcher to catch up")
+
+    def _markers_left(self) -> bool:
+        markers = "{" + self.settings.redis_prefix + "}:pub:*"
+        return next(self.redis.scan_iter(match=markers, count=10_000), None) is not None
 
     def wait_succeeded(self, ids: Sequence[UUID]) -> datetime:
         """Wait until every job succeeded; the time its last success was recorded.

@@ -11,20 +11,13 @@ from consumers.dispatcher import Dispatcher, LedgerListener, Wakeup
 from consumers.streams import StreamKeys, Streams
 from ledger import Ledger, Settings, change, commands, utc_now
 from tests.control_plane_support import (
+    catch_up,
     stream_messages,
     submit,
 )
 
 pytestmark = pytest.mark.anyio
 pytest_plugins = ["tests.control_plane_fixtures"]  # fixtures: anyio_backend, clean_redis, streams
-
-
-async def catch_up(dispatcher: Dispatcher) -> None:
-    """Publish everything there is, then store the position (stored with the next read)."""
-    while await dispatcher.step():
-        pass
-    await dispatcher.step()
-    await dispatcher.close()
 
 
 async def test_each_queued_job_is_published_once_to_the_stream_of_its_type_and_priority(
