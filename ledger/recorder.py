@@ -169,9 +169,15 @@ class LedgerRecorder(PostgresApplicationRecorder):
         check sees every earlier commit, and insert order stays commit order
         for readers tailing the notification log.
         """
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.call_append, params, prepare=True)
-            return [row["notification_id"] for row in curs.fetchall()]
+        with self.datastore.get_connection() as conn:
+            # One statement is one transaction: in the pool's default mode psycopg
+            # would wrap it in BEGIN and COMMIT, two more round trips.
+            conn.autocommit = True
+            try:
+                rows = conn.execute(self.call_append, params, prepare=True).fetchall()
+            finally:
+                conn.autocommit = False
+        return [row["notification_id"] for row in rows]
 
     def insert_events(
         self,
