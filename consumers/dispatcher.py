@@ -251,6 +251,10 @@ class Dispatcher:
     async def _publish_missed(self, pairs: Sequence[tuple[UUID, int]]) -> int:
         """Consume the page's markers, then publish the runnable jobs that had none.
 
+        Publish-once makes every order of the two publishers safe; this order
+        (markers first, histories only for the jobs without one) keeps the
+        dispatcher's cost low while the direct path does the work.
+
         A job is published for its latest `queued` event only: an earlier
         one's job has been started or re-queued since, and a later one on a
         later page is that page's to publish.
@@ -277,7 +281,12 @@ class Dispatcher:
             for job in runnable(jobs.values())
             if last_queued.get(job.id) == latest[job.id]
         ]
-        return await self.once.publish(ready)
+        published = await self.once.publish(ready)
+        # A direct publish that landed after the first look, for a job that has
+        # moved on since (a worker started it), left a marker nobody else takes.
+        chosen = {job.id for job, _ in ready}
+        await self.once.consume([(j, latest[j]) for j in missed if j not in chosen])
+        return published
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -104,6 +104,31 @@ async def test_after_the_dispatcher_the_direct_publish_adds_no_second_message(
     assert markers_left(settings) == []
 
 
+async def test_a_direct_publish_landing_while_the_dispatcher_looks_leaves_no_marker(
+    ledger: Ledger, settings: Settings, streams: Streams
+) -> None:
+    """Between the dispatcher's look at its markers and its load, the job is published, started."""
+    held: list[Job] = []
+    ledger.publisher = held.extend
+    [job] = submit(ledger)
+    dispatcher = dispatcher_for(ledger, settings, streams)
+    first_look = dispatcher.once.consume
+
+    async def look_then_let_the_direct_path_run(pairs: Sequence[tuple[UUID, int]]) -> list[bool]:
+        found = await first_look(pairs)
+        if held:
+            DirectPublisher(StreamKeys(settings.redis_prefix), settings.redis_url)(held)
+            start(ledger, held.pop())  # a worker took the message at once
+        return found
+
+    dispatcher.once.consume = look_then_let_the_direct_path_run  # type: ignore[method-assign]
+    await catch_up(dispatcher)
+
+    assert dispatcher.published == 0
+    assert once_each(settings, [job])
+    assert markers_left(settings) == []
+
+
 async def test_with_a_running_dispatcher_every_job_submitted_gets_exactly_one_message(
     publishing_ledger: Ledger, settings: Settings, streams: Streams
 ) -> None:
