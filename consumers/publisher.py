@@ -81,14 +81,14 @@ def script_arguments(
     return names, bodies
 
 
-class DirectPublisher:
-    """The ledger's publish hook: one EVALSHA per append, right after its commit.
+class _Hook:
+    """What both direct publishers share: short timeouts, and standing aside after a failure.
 
-    It runs on the appending thread, so it must be quick even when Redis is
-    not: short socket timeouts, no retries, and after a failure it stands
-    aside for `pause_s` (appends do not each wait for a timeout while Redis is
-    away; the dispatcher publishes those jobs). Failures raise; the ledger
-    logs them and carries on.
+    A hook runs right after an append's commit, so it must be quick even when
+    Redis is not: short socket timeouts, no retries, and after a failure it
+    stands aside for `pause_s` (appends do not each wait for a timeout while
+    Redis is away; the dispatcher publishes those jobs). Failures raise; the
+    ledger logs them and carries on.
     """
 
     def __init__(
@@ -101,29 +101,77 @@ class DirectPublisher:
         ttl_ms: int = MARKER_TTL_MS,
     ) -> None:
         self.keys = keys
+        self.redis_url = redis_url
         self.pause_s = pause_s
         self.ttl_ms = ttl_ms
-        self.client = redis.Redis.from_url(
-            redis_url,
-            socket_connect_timeout=timeout_s,
-            socket_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._script = self.client.register_script(PUBLISH_ONCE)
+        self.options: dict[str, Any] = {
+            "socket_connect_timeout": timeout_s,
+            "socket_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+        }
         self._paused_until = 0.0
 
-    def __call__(self, jobs: Sequence[Job]) -> None:
+    def _arguments(self, jobs: Sequence[Job]) -> tuple[list[str], list[Any]] | None:
+        """The script's arguments, or None when there is nothing to do (or Redis just failed)."""
         if not jobs or time.monotonic() < self._paused_until:
+            return None
+        return script_arguments(self.keys, [(j, j.version) for j in jobs], self.ttl_ms)
+
+    def _failed(self) -> None:
+        self._paused_until = time.monotonic() + self.pause_s
+
+
+class DirectPublisher(_Hook):
+    """The ledger's publish hook for its own (blocking) appends: one EVALSHA per append."""
+
+    def __init__(self, keys: StreamKeys, redis_url: str, **options: Any) -> None:
+        super().__init__(keys, redis_url, **options)
+        self.client = redis.Redis.from_url(redis_url, **self.options)
+        self._script = self.client.register_script(PUBLISH_ONCE)
+
+    def __call__(self, jobs: Sequence[Job]) -> None:
+        arguments = self._arguments(jobs)
+        if arguments is None:
             return
-        names, bodies = script_arguments(self.keys, [(j, j.version) for j in jobs], self.ttl_ms)
         try:
-            self._script(keys=names, args=bodies)
+            self._script(keys=arguments[0], args=arguments[1])
         except (redis.RedisError, OSError):
-            self._paused_until = time.monotonic() + self.pause_s
+            self._failed()
             raise
 
     def close(self) -> None:
         self.client.close()
+
+
+class AsyncDirectPublisher(_Hook):
+    """The hook for appends committed on an event loop (`BatchWriter`): the loop never blocks.
+
+    Its client is made on first use, in the running loop (a client belongs to
+    one loop), and closed by `aclose` when the writer using it ends.
+    """
+
+    def __init__(self, keys: StreamKeys, redis_url: str, **options: Any) -> None:
+        super().__init__(keys, redis_url, **options)
+        self._client: aioredis.Redis | None = None
+        self._script: Any = None
+
+    async def __call__(self, jobs: Sequence[Job]) -> None:
+        arguments = self._arguments(jobs)
+        if arguments is None:
+            return
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(self.redis_url, **self.options)
+            self._script = self._client.register_script(PUBLISH_ONCE)
+        try:
+            await self._script(keys=arguments[0], args=arguments[1])
+        except (redis.RedisError, OSError):
+            self._failed()
+            raise
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
 
 class OncePublisher:

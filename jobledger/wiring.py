@@ -67,8 +67,10 @@ def make_ledger(
         pool_size=pool_size,
     )
     if publish:
-        from consumers.publisher import DirectPublisher
+        from consumers.publisher import AsyncDirectPublisher, DirectPublisher
         from consumers.streams import StreamKeys
 
-        ledger.publisher = DirectPublisher(StreamKeys(settings.redis_prefix), settings.redis_url)
+        keys = StreamKeys(settings.redis_prefix)
+        ledger.publisher = DirectPublisher(keys, settings.redis_url)
+        ledger.async_publisher = AsyncDirectPublisher(keys, settings.redis_url)
     return ledger

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +53,8 @@ from ledger.submission import job_id_for_key
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 Clock = Callable[[], datetime]
 Publisher = Callable[[Sequence[Job]], None]
+HandOver = Callable[[list[Job]], None]
+AsyncPublisher = Callable[[Sequence[Job]], Awaitable[None]]
 PUBLISH_WARNING_EVERY_S = 60.0
 
 log = structlog.get_logger("jobledger.ledger")
@@ -104,6 +106,20 @@ class PreparedSubmissions:
         return [(job, False) if job is not None else (next(new), True) for job in self.found]
 
 
+def queued_by(changes: Sequence[Change]) -> list[Job]:
+    """The jobs these changes made runnable, for a direct publish.
+
+    Only changes that end with their `queued` event count, so the job's
+    version is that event's, the one the dispatcher's check names; any other
+    shape is left to the dispatcher.
+    """
+    return [
+        c.after
+        for c in changes
+        if c.after.status is Status.QUEUED and c.events and isinstance(c.events[-1], Queued)
+    ]
+
+
 class Ledger:
     def __init__(
         self,
@@ -148,6 +164,9 @@ class Ledger:
         # messages need not wait for the dispatcher (which publishes whatever
         # this misses). The composition root installs one; None: no direct path.
         self.publisher = publisher
+        # The same for appends committed on an event loop (`BatchWriter`): an
+        # async publisher, so the loop is not blocked by a Redis round trip.
+        self.async_publisher: AsyncPublisher | None = None
         self._publish_failures = 0
         self._publish_warned_at = -PUBLISH_WARNING_EVERY_S
 
@@ -177,9 +196,17 @@ class Ledger:
         return self._committed(prepared)
 
     async def append_async(
-        self, changes: Sequence[Change], conn: AsyncConnection[Any]
+        self,
+        changes: Sequence[Change],
+        conn: AsyncConnection[Any],
+        *,
+        hand_over: HandOver | None = None,
     ) -> list[Job]:
-        """`append` on an async connection that the caller owns: no thread, no pool."""
+        """`append` on an async connection that the caller owns: no thread, no pool.
+
+        With `hand_over`, the jobs this commit queued go to it (to publish
+        without blocking the event loop) instead of the ledger's publisher.
+        """
         if not changes:
             return []
         prepared = self.prepare_append(changes)
@@ -187,7 +214,7 @@ class Ledger:
             await conn.execute(self.recorder.call_append, prepared.params, prepare=True)
         except psycopg.IntegrityError as e:
             raise self._refusal(str(e), prepared) from None
-        return self._committed(prepared)
+        return self._committed(prepared, hand_over)
 
     def prepare_append(self, changes: Sequence[Change]) -> PreparedAppend:
         """Everything an append decides and encodes before its one round trip."""
@@ -224,38 +251,34 @@ class Ledger:
             return QuotaExceeded(_org_over_quota(message, prepared.quota), self.active_limit)
         return ConcurrencyConflict([c.after.id for c in prepared.changes])
 
-    def _committed(self, prepared: PreparedAppend) -> list[Job]:
-        if self.publisher is not None:
-            self._publish(self.publisher, prepared.changes)
+    def _committed(self, prepared: PreparedAppend, hand_over: HandOver | None = None) -> list[Job]:
+        """The jobs as appended, after handing the ones this commit queued to a publisher."""
+        ready = queued_by(prepared.changes)
+        if ready:
+            if hand_over is not None:
+                hand_over(ready)
+            elif self.publisher is not None:
+                try:
+                    self.publisher(ready)
+                except Exception as e:
+                    self.publish_failed(e)
         return [c.after for c in prepared.changes]
 
-    def _publish(self, publisher: Publisher, changes: Sequence[Change]) -> None:
-        """Hand the jobs this commit queued to the publisher; never raise (the commit stands).
+    def publish_failed(self, error: BaseException) -> None:
+        """A direct publish failed: the commit stands and the dispatcher publishes instead.
 
-        Only changes that end with their `queued` event count, so the job's
-        version is that event's, the one the dispatcher's check names; any
-        other shape is left to the dispatcher.
+        One warning a minute at most, with the count of failures since the last.
         """
-        ready = [
-            c.after
-            for c in changes
-            if c.after.status is Status.QUEUED and c.events and isinstance(c.events[-1], Queued)
-        ]
-        if not ready:
-            return
-        try:
-            publisher(ready)
-        except Exception as e:
-            self._publish_failures += 1
-            now = time.monotonic()
-            if now - self._publish_warned_at >= PUBLISH_WARNING_EVERY_S:
-                log.warning(
-                    "direct publish failed; the dispatcher will publish",
-                    error=f"{type(e).__name__}: {e}",
-                    failures=self._publish_failures,
-                )
-                self._publish_warned_at = now
-                self._publish_failures = 0
+        self._publish_failures += 1
+        now = time.monotonic()
+        if now - self._publish_warned_at >= PUBLISH_WARNING_EVERY_S:
+            log.warning(
+                "direct publish failed; the dispatcher will publish",
+                error=f"{type(error).__name__}: {error}",
+                failures=self._publish_failures,
+            )
+            self._publish_warned_at = now
+            self._publish_failures = 0
 
     def _index_row(self, c: Change) -> IndexRow:
         job = c.after

@@ -70,9 +70,13 @@ class BatchWriter:
         await self._send.aclose()  # the loop drains what is queued, then ends
         assert self._group is not None
         try:
-            return await self._group.__aexit__(exc_type, exc, tb)
+            return await self._group.__aexit__(exc_type, exc, tb)  # publishes included
         finally:
             await self._disconnect()
+            publisher = self.ledger.async_publisher
+            if publisher is not None and hasattr(publisher, "aclose"):
+                with anyio.CancelScope(shield=True):
+                    await publisher.aclose()
 
     async def append(self, changes: Sequence[Change]) -> list[Job]:
         """Like `Ledger.append`: all of these changes land together, or none does."""
@@ -156,13 +160,27 @@ class BatchWriter:
         for attempt in range(RECONNECT_ATTEMPTS):
             try:
                 conn = await self._connect()
-                return await self.ledger.append_async(changes, conn)
+                hand_over = self._hand_over if self.ledger.async_publisher is not None else None
+                return await self.ledger.append_async(changes, conn, hand_over=hand_over)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 await self._disconnect()
                 if attempt == RECONNECT_ATTEMPTS - 1:
                     raise
                 await anyio.sleep(RECONNECT_WAIT_S)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _hand_over(self, jobs: list[Job]) -> None:
+        """Publish what a commit queued beside the callers, who need not wait for Redis."""
+        assert self._group is not None
+        self._group.start_soon(self._publish, jobs)
+
+    async def _publish(self, jobs: list[Job]) -> None:
+        publisher = self.ledger.async_publisher
+        assert publisher is not None
+        try:
+            await publisher(jobs)
+        except Exception as e:
+            self.ledger.publish_failed(e)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:

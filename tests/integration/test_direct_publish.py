@@ -16,10 +16,21 @@ import structlog.testing
 from redis.crc import key_slot
 
 from consumers.dispatcher import Dispatcher, LedgerListener, Wakeup
-from consumers.publisher import DirectPublisher, script_arguments
+from consumers.publisher import AsyncDirectPublisher, DirectPublisher, script_arguments
 from consumers.streams import StreamKeys, Streams
 from consumers.timers import Timers
-from ledger import Job, Ledger, RetryPolicy, Settings, Status, change, commands, fold, utc_now
+from ledger import (
+    BatchWriter,
+    Job,
+    Ledger,
+    RetryPolicy,
+    Settings,
+    Status,
+    change,
+    commands,
+    fold,
+    utc_now,
+)
 from tests.control_plane_support import (
     catch_up,
     free_port,
@@ -287,3 +298,33 @@ def _a_queued_job(**overrides: Any) -> Job:
     job = fold(commands.submit(uuid4(), a_spec(**overrides), utc_now()))
     assert job is not None
     return job
+
+
+async def test_appends_of_the_batch_writer_are_published_without_blocking_the_event_loop(
+    publishing_ledger: Ledger, settings: Settings, clean_redis: None
+) -> None:
+    def blocking_publish(jobs: Sequence[Job]) -> None:
+        raise AssertionError("the writer must not publish with the blocking client")
+
+    publishing_ledger.publisher = blocking_publish
+    async with BatchWriter(publishing_ledger) as writer:
+        created = await writer.submit_many([(a_spec(), None), (a_spec(priority="high"), None)])
+
+    assert once_each(settings, [job for job, _ in created])
+    assert len(markers_left(settings)) == 2  # each waits for the dispatcher's half of the protocol
+
+
+async def test_a_failed_publish_of_the_batch_writer_leaves_the_commit_standing(
+    publishing_ledger: Ledger, settings: Settings
+) -> None:
+    publishing_ledger.async_publisher = AsyncDirectPublisher(
+        StreamKeys(settings.redis_prefix), f"redis://127.0.0.1:{free_port()}/0"
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with BatchWriter(publishing_ledger) as writer:
+            [(job, created)] = await writer.submit_many([(a_spec(), None)])
+
+    assert created
+    assert publishing_ledger.load(job.id).status is Status.QUEUED
+    assert [e["event"] for e in logs] == ["direct publish failed; the dispatcher will publish"]
+    assert job.id not in published_ids(settings.redis_url, settings.redis_prefix)
