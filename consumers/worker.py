@@ -44,9 +44,11 @@ T = TypeVar("T")
 
 RENEW_INTERVAL_S = 0.5
 IDLE_BLOCK_MS = 500
-# Outcomes wait a moment before they are recorded, so that attempts ending
-# together share a commit and the starts read meanwhile go first (or along).
+# Outcomes are recorded once attempts stop ending (OUTCOME_QUIET_S without a
+# new one, OUTCOME_LINGER_S at most), so that attempts ending together share
+# a commit, and after any starts being gathered: those are what attempts wait for.
 OUTCOME_LINGER_S = 0.005
+OUTCOME_QUIET_S = 0.001
 # Attempts that end together start their successors in one batch: after a slot
 # frees, the reader waits while more keep freeing (each within START_QUIET_S of
 # the last), never longer than START_LINGER_S.
@@ -118,7 +120,9 @@ class Worker:
         self._gathered = anyio.Event()  # unset while the reader gathers a batch of starts
         self._gathered.set()
         self._grace = anyio.CancelScope()
-        self._ended: Batcher[tuple[Attempt, Outcome]] = Batcher(self._finish, OUTCOME_LINGER_S)
+        self._ended: Batcher[tuple[Attempt, Outcome]] = Batcher(
+            self._finish, OUTCOME_LINGER_S, OUTCOME_QUIET_S
+        )
         self._exit = AsyncExitStack()
         self.recorder: Recorder
         self._background: TaskGroup
@@ -251,17 +255,14 @@ class Worker:
         is still ending would make the rest wait for its commit. An idle worker
         does not wait: a slot freed with nothing to start, or every slot free.
         """
-        deadline = anyio.current_time() + START_LINGER_S
         self._gathered = anyio.Event()
         try:
-            while self._free < min(len(self._backlog), self.config.concurrency):
-                quiet = min(START_QUIET_S, deadline - anyio.current_time())
-                if quiet <= 0:
-                    return
-                with anyio.move_on_after(quiet):
-                    await self._wait_for_slot()
-                    continue
-                return  # no slot freed for a while: the wave has ended
+            await settle(
+                self._wait_for_slot,
+                quiet_s=START_QUIET_S,
+                linger_s=START_LINGER_S,
+                enough=lambda: self._free >= min(len(self._backlog), self.config.concurrency),
+            )
         finally:
             self._gathered.set()
 
@@ -379,9 +380,15 @@ class Worker:
 class Batcher(Generic[T]):
     """Collects items and hands all that are waiting to one call: at once when idle."""
 
-    def __init__(self, flush: Callable[[list[T]], Awaitable[None]], linger_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[None]],
+        linger_s: float = 0.0,
+        quiet_s: float = 0.0,
+    ) -> None:
         self._flush = flush
         self._linger_s = linger_s
+        self._quiet_s = quiet_s or linger_s
         self._items: list[T] = []
         self._ready = anyio.Event()
         self._lock = anyio.Lock()
@@ -391,11 +398,16 @@ class Batcher(Generic[T]):
         self._ready.set()
 
     async def run(self) -> None:
+        """Hand over once items stop coming (`quiet_s`), or `linger_s` after the first."""
         while True:
             await self._ready.wait()
-            await anyio.sleep(self._linger_s)
             self._ready = anyio.Event()
+            await settle(self._next_item, quiet_s=self._quiet_s, linger_s=self._linger_s)
             await self.flush()
+
+    async def _next_item(self) -> None:
+        await self._ready.wait()
+        self._ready = anyio.Event()
 
     async def flush(self) -> None:
         """Return once everything added so far has been handed over."""
@@ -406,6 +418,29 @@ class Batcher(Generic[T]):
                     await self._flush(items)
                 except Exception:
                     log.exception("batch_flush_failed", items=len(items))
+
+
+async def settle(
+    wait: Callable[[], Awaitable[None]],
+    *,
+    quiet_s: float,
+    linger_s: float,
+    enough: Callable[[], bool] = lambda: False,
+) -> None:
+    """Return once `wait()` has not returned for `quiet_s`, `linger_s` passed, or `enough()`.
+
+    What ends together (attempts of one wave) then goes into one batch, and
+    a batch never waits longer than `linger_s` for stragglers.
+    """
+    deadline = anyio.current_time() + linger_s
+    while not enough():
+        quiet = min(quiet_s, deadline - anyio.current_time())
+        if quiet <= 0:
+            return
+        with anyio.move_on_after(quiet):
+            await wait()
+            continue
+        return  # nothing came for a while
 
 
 async def ack(streams: Streams, messages: Sequence[Message]) -> None:
