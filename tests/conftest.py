@@ -62,11 +62,12 @@ def database_url(template_db: str) -> Iterator[str]:
     _drop(name)
 
 
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A fresh key prefix; its keys are deleted afterwards so runs leave nothing behind."""
-    prefix = f"jlt{uuid.uuid4().hex[:10]}"
-    yield prefix
+def fresh_prefix() -> str:
+    return f"jlt{uuid.uuid4().hex[:10]}"
+
+
+def delete_prefix(prefix: str) -> None:
+    """Delete a test's keys from the shared Redis, so runs leave nothing behind."""
     client = redis.Redis.from_url(REDIS_SERVER)
     try:
         keys = list(client.scan_iter(match=f"{{{prefix}}}*", count=1000))
@@ -76,6 +77,14 @@ def redis_prefix() -> Iterator[str]:
         pass  # a test that stopped Redis on purpose: nothing left to delete
     finally:
         client.close()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A fresh key prefix; its keys are deleted afterwards."""
+    prefix = fresh_prefix()
+    yield prefix
+    delete_prefix(prefix)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from consumers.streams import StreamKeys, Streams
 from jobledger.wiring import load_job_types
 from ledger import Ledger, Settings, change, commands, utc_now
 from ledger.domain.notices import failure_notice
-from tests.conftest import PG_SERVER, REDIS_SERVER
+from tests.conftest import PG_SERVER, REDIS_SERVER, delete_prefix, fresh_prefix
 from tests.e2e.test_worker_support import (
     DELAYS,
     Role,
@@ -50,7 +50,7 @@ def system(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         settings = Settings(
             database_url=url,
             redis_url=REDIS_SERVER,
-            redis_prefix=f"jlt{uuid.uuid4().hex[:10]}",
+            redis_prefix=fresh_prefix(),
             retry_delays_s=DELAYS,
             active_limit=10_000,
         )
@@ -59,6 +59,7 @@ def system(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         with roles(role_env(settings), logs, "dispatcher", "worker") as (_, worker):
             yield System(settings, ledger, worker)
         ledger.close()
+        delete_prefix(settings.redis_prefix)
 
 
 def test_a_job_runs_once_and_succeeds_with_the_handlers_result(system: System) -> None:
