@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 import psycopg
@@ -54,7 +54,6 @@ PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 Clock = Callable[[], datetime]
 Publisher = Callable[[Sequence[Job]], None]
 HandOver = Callable[[list[Job]], None]
-AsyncPublisher = Callable[[Sequence[Job]], Awaitable[None]]
 PUBLISH_WARNING_EVERY_S = 60.0
 
 log = structlog.get_logger("jobledger.ledger")
@@ -104,6 +103,14 @@ class PreparedSubmissions:
         """Pair each submission with its job, and whether it was created now."""
         new = iter(created)
         return [(job, False) if job is not None else (next(new), True) for job in self.found]
+
+
+class AsyncPublisher(Protocol):
+    """The direct publish for appends committed on an event loop; closed by its writer."""
+
+    async def __call__(self, jobs: Sequence[Job]) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 def queued_by(changes: Sequence[Change]) -> list[Job]:
@@ -253,6 +260,9 @@ class Ledger:
 
     def _committed(self, prepared: PreparedAppend, hand_over: HandOver | None = None) -> list[Job]:
         """The jobs as appended, after handing the ones this commit queued to a publisher."""
+        jobs = [c.after for c in prepared.changes]
+        if hand_over is None and self.publisher is None:
+            return jobs  # nothing to publish to: skip looking for queued jobs
         ready = queued_by(prepared.changes)
         if ready:
             if hand_over is not None:
@@ -262,7 +272,7 @@ class Ledger:
                     self.publisher(ready)
                 except Exception as e:
                     self.publish_failed(e)
-        return [c.after for c in prepared.changes]
+        return jobs
 
     def publish_failed(self, error: BaseException) -> None:
         """A direct publish failed: the commit stands and the dispatcher publishes instead.

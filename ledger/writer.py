@@ -74,7 +74,7 @@ class BatchWriter:
         finally:
             await self._disconnect()
             publisher = self.ledger.async_publisher
-            if publisher is not None and hasattr(publisher, "aclose"):
+            if publisher is not None:
                 with anyio.CancelScope(shield=True):
                     await publisher.aclose()
 

@@ -46,8 +46,12 @@ pytestmark = pytest.mark.anyio
 pytest_plugins = ["tests.control_plane_fixtures"]  # fixtures: anyio_backend, clean_redis, streams
 
 
-def dispatcher_for(ledger: Ledger, settings: Settings, streams: Streams, **kw: Any) -> Dispatcher:
-    return Dispatcher(ledger, streams, Wakeup(), database_url=settings.database_url, **kw)
+def dispatcher_for(
+    ledger: Ledger, settings: Settings, streams: Streams, wakeup: Wakeup | None = None, **kw: Any
+) -> Dispatcher:
+    """A dispatcher of this test's database; woken by `wakeup` (a listener's) if given."""
+    wakeup = wakeup or Wakeup()
+    return Dispatcher(ledger, streams, wakeup, database_url=settings.database_url, **kw)
 
 
 def markers_left(settings: Settings) -> list[bytes]:
@@ -145,11 +149,11 @@ async def test_with_a_running_dispatcher_every_job_submitted_gets_exactly_one_me
 ) -> None:
     ledger = publishing_ledger
     listener = LedgerListener(settings.database_url, ledger.events_table)
-    dispatcher = Dispatcher(
+    dispatcher = dispatcher_for(
         ledger,
+        settings,
         streams,
         listener.subscribe(),
-        database_url=settings.database_url,
         page_size=7,
         linger_s=0.0,  # read as soon as woken: races the direct publishes as hard as it can
     )
