@@ -17,14 +17,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
-from eventsourcing.persistence import InterfaceError, OperationalError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ExceptionHandlersMap
-from psycopg import OperationalError as PsycopgOperationalError
-from psycopg_pool import PoolTimeout
 
 from ledger import (
+    DATABASE_DOWN,
     ConcurrencyConflict,
     IdempotencyConflict,
     InvalidJob,
@@ -72,7 +70,6 @@ STATUS: Mapping[type[Exception], int] = {
     InvalidJob: 422,
     QuotaExceeded: 429,
 }
-UNAVAILABLE = (OperationalError, InterfaceError, PsycopgOperationalError, PoolTimeout)
 
 
 def error_body(status_code: int, detail: str, extra: Any = None) -> dict[str, Any]:
@@ -143,6 +140,6 @@ def exception_handlers() -> ExceptionHandlersMap:
         HTTPException: on_http_error,
         Exception: on_bug,
     }
-    for cls in UNAVAILABLE:
+    for cls in DATABASE_DOWN:
         handlers[cls] = on_unavailable
     return handlers

@@ -13,16 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import psycopg
 import redis.asyncio as aioredis
 import structlog
 from anyio.abc import TaskGroup
-from eventsourcing.persistence import InterfaceError as EventsourcingInterfaceError
-from eventsourcing.persistence import OperationalError as EventsourcingOperationalError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from consumers.dispatcher import REDIS_DOWN, Dispatcher, LedgerListener
+from consumers.dispatcher import Dispatcher, LedgerListener
+from consumers.outages import OUTAGES
 from consumers.reaper import Reaper
 from consumers.reconcile import RedisWatch
 from consumers.streams import StreamKeys, Streams
@@ -108,14 +106,6 @@ class ControlPlane:
         }
         for part in self.parts.values():
             tg.start_soon(part.run)
-
-
-OUTAGES: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    EventsourcingOperationalError,
-    EventsourcingInterfaceError,
-    *REDIS_DOWN,
-)
 
 
 def _is_outage(e: BaseException) -> bool:

@@ -33,16 +33,13 @@ import structlog
 from eventsourcing.utils import get_topic
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from consumers.outages import REDIS_DOWN
 from consumers.publisher import OncePublisher, Queued
 from consumers.streams import Streams
 from ledger import EVENT_TYPES, Job, Ledger, Status
 
 log = structlog.get_logger("jobledger.dispatcher")
-
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 QUEUED_TOPIC = get_topic(EVENT_TYPES["queued"])
 

@@ -21,7 +21,8 @@ from uuid import UUID
 import anyio
 import structlog
 
-from consumers.dispatcher import REDIS_DOWN, fetch, publish_queued
+from consumers.dispatcher import fetch, publish_queued
+from consumers.outages import REDIS_DOWN
 from consumers.streams import Message, Streams
 from ledger import (
     Change,

@@ -24,7 +24,8 @@ from typing import Any
 import anyio
 import structlog
 
-from consumers.dispatcher import REDIS_DOWN, SELECT_POSITION, fetch, publish_queued
+from consumers.dispatcher import SELECT_POSITION, fetch, publish_queued
+from consumers.outages import REDIS_DOWN
 from consumers.streams import Streams
 from ledger import Ledger, utc_now
 

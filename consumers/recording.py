@@ -20,7 +20,9 @@ import structlog
 
 from consumers import attempts
 from consumers.attempts import Attempt, Outcome
+from consumers.outages import first_line
 from ledger import (
+    DATABASE_DOWN,
     BatchWriter,
     ConcurrencyConflict,
     InvalidTransition,
@@ -117,6 +119,15 @@ class Recorder:
                 moved = await self._moved({i: held[i] for i in decided})
                 reread += moved
                 held = {i: held[i] for i in decided if i not in moved}
+                continue
+            except DATABASE_DOWN as e:
+                log.warning(
+                    "ledger unreachable; appending again in 1 s",
+                    changes=len(decided),
+                    error=first_line(e),
+                )
+                await anyio.sleep(1.0)
+                held = {i: held[i] for i in decided}
                 continue
             except Exception:
                 log.exception("ledger_append_failed", changes=len(decided))

@@ -35,7 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from consumers import attempts
 from consumers.attempts import Attempt, Outcome
-from consumers.dispatcher import REDIS_DOWN
+from consumers.outages import OUTAGES, REDIS_DOWN, first_line
 from consumers.recording import Recorder
 from consumers.streams import GROUP, Message, Streams
 from ledger import BatchWriter, Job, Ledger, Registry
@@ -363,6 +363,7 @@ class Worker:
 
     async def _renew_loop(self) -> None:
         touched = 0.0
+        outage = False  # warned once per outage, not every half second
         while True:
             await anyio.sleep(RENEW_INTERVAL_S)
             held = list(self.active.values())
@@ -374,9 +375,17 @@ class Worker:
                     touched = anyio.current_time()
                     messages = [a.message for a in held] + self._backlog
                     await self.streams.touch(self.name, messages)
+            except OUTAGES as e:
+                if not outage:
+                    log.warning("leases not renewed: an outage", error=first_line(e))
+                outage = True
+                continue
             except Exception:
                 log.exception("lease_renewal_failed")
                 continue
+            if outage:
+                log.info("leases renewed again")
+                outage = False
             for attempt in held:
                 row = rows.get(attempt.job.id)
                 if row is None:

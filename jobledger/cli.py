@@ -114,10 +114,7 @@ def _die(message: str) -> NoReturn:
 
 
 def _describe(e: Exception) -> str:
-    from eventsourcing.persistence import InterfaceError, OperationalError
-    from psycopg import OperationalError as PsycopgOperationalError
-
-    from ledger import JobledgerError
+    from ledger import DATABASE_DOWN, JobledgerError
 
     if isinstance(e, JobledgerError):
         errors = getattr(e, "errors", None)
@@ -125,7 +122,7 @@ def _describe(e: Exception) -> str:
             where = ".".join(str(p) for p in errors[0].get("loc", ()))
             return f"{e}: {where}: {errors[0].get('msg')}"
         return str(e)
-    if isinstance(e, OperationalError | InterfaceError | PsycopgOperationalError):
+    if isinstance(e, DATABASE_DOWN):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"cannot reach the database: {first}"
     return f"{type(e).__name__}: {e}"

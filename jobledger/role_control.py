@@ -72,7 +72,7 @@ def dispatcher(args: argparse.Namespace, settings: Settings) -> int:
 
 def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.control_plane import redis_client, stream_names
-    from consumers.dispatcher import REDIS_DOWN
+    from consumers.outages import REDIS_DOWN
     from consumers.reconcile import reconcile as run_reconcile
     from consumers.streams import StreamKeys, Streams
     from jobledger.wiring import StartupError

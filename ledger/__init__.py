@@ -3,7 +3,7 @@
 Other packages use what is named here; `ledger` imports none of them.
 """
 
-from ledger.database import ensure_database
+from ledger.database import DATABASE_DOWN, ensure_database
 from ledger.domain import (
     EVENT_TYPES,
     TRANSITIONS,
@@ -40,6 +40,7 @@ from ledger.submission import Submission, check_org, job_id_for_key, to_spec
 from ledger.writer import BatchWriter
 
 __all__ = [
+    "DATABASE_DOWN",
     "EVENT_TYPES",
     "TRANSITIONS",
     "BatchWriter",

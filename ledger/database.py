@@ -5,8 +5,19 @@ from __future__ import annotations
 import getpass
 
 import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+# What an unreachable or restarting PostgreSQL raises, through psycopg or
+# through the eventsourcing recorder (which wraps psycopg's errors in its own).
+# A pool timeout is a psycopg OperationalError too.
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    OperationalError,
+    InterfaceError,
+)
 
 
 def connection_params(database_url: str) -> dict[str, str]:

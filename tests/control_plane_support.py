@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -138,6 +140,63 @@ class PrivateRedis:
         client = redis.Redis.from_url(self.url)
         client.flushall()
         client.close()
+
+
+@contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of this test alone, which it may crash and restart.
+
+    Made with initdb in a temporary directory and run as the `postgres` user
+    when the tests run as root (the server refuses root).
+    """
+    with tempfile.TemporaryDirectory(prefix="jlpg") as workdir:
+        server = PrivatePostgres(Path(workdir), free_port())
+        server.init()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def pg_bin() -> Path:
+    """The newest installed PostgreSQL's programs (initdb, pg_ctl), as Debian lays them out."""
+    return max(Path("/usr/lib/postgresql").iterdir(), key=lambda p: int(p.name)) / "bin"
+
+
+class PrivatePostgres:
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.port = port
+
+    def url(self, database: str) -> str:
+        return f"postgresql://root@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_postgres, *args], check=True, capture_output=True)
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres")
+        self._run(str(pg_bin() / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "root",
+                  "-E", "UTF8", "--no-sync")  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1"
+        self._run(str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-o", options,
+                  "-l", str(self.workdir / "log"), "-w", "start")  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        with suppress(subprocess.CalledProcessError):
+            self._run(str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def crash_and_restart(self, down_s: float = 1.0) -> None:
+        """Stop as a crash would (`immediate`: no checkpoint, recovery at start), then start."""
+        self.stop("immediate")
+        time.sleep(down_s)
+        self.start()
 
 
 def _pings(client: redis.Redis) -> bool:

@@ -1,5 +1,6 @@
 """Faults with real processes: kill -9 dispatchers, a crashed role under `up`, Redis flushed or
-restarted mid-run. Every job still ends exactly once, and nothing queued is lost."""
+restarted mid-run, PostgreSQL crashed and restarted mid-run. Every job still ends exactly once,
+and nothing queued is lost."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,9 +19,11 @@ import pytest
 
 from ledger import Job, Ledger, Settings
 from tests.control_plane_support import (
+    JOBLEDGER,
     PrivateRedis,
     Role,
     free_port,
+    private_postgres,
     private_redis,
     published_ids,
     retry_rule_violations,
@@ -285,3 +289,49 @@ def test_a_message_published_three_times_starts_one_attempt_on_real_workers(
         kinds = [e.TYPE for e in ledger.history(job_id)]
         assert kinds.count("attempt_started") == 1, kinds
         assert kinds[-1] == "attempt_succeeded"
+
+
+def test_every_job_ends_exactly_once_when_postgresql_crashes_mid_run(
+    fast_env: dict[str, str], redis_prefix: str, roles: list[Role]
+) -> None:
+    """The ledger's server stops as in a crash (no checkpoint) and comes back a second later.
+
+    Commits acknowledged before the crash survive it; what was in flight failed
+    and is retried: every role reconnects, and each job still ends exactly once.
+    """
+    from jobledger.wiring import make_ledger
+
+    with private_postgres() as pg:
+        settings = Settings(
+            database_url=pg.url("jobledger"),
+            redis_url=fast_env["REDIS_URL"],
+            redis_prefix=redis_prefix,
+        )
+        env = {**fast_env, "DATABASE_URL": settings.database_url,
+               "JOBLEDGER_WORKER_CONCURRENCY": "4"}  # fmt: skip
+        subprocess.run([*JOBLEDGER, "migrate"], env=env, check=True, capture_output=True)
+        ledger = make_ledger(settings, publish=False)
+        try:
+            jobs = [j.id for j in submit(ledger, 30, payload={"sleep_ms": 150})]
+            jobs += [j.id for j in submit(ledger, 10, payload={"sleep_ms": 50, "fail_times": 1})]
+            roles += [Role(args, env) for args in (["dispatcher"], ["worker"], ["worker"])]
+
+            def ended() -> int:
+                return sum(s.is_terminal for s in statuses(ledger, jobs).values())
+
+            wait_for(lambda: ended() >= 8, 60, "the first jobs to end")
+            running = [s for s in statuses(ledger, jobs).values() if s.value == "running"]
+            assert running, "the crash came when no attempt was running"
+            pg.crash_and_restart(down_s=3.0)
+            jobs += [j.id for j in submit(ledger, 20, org="beta", payload={"sleep_ms": 100})]
+            wait_for(lambda: ended() == len(jobs), 90, "every job to end", every_s=0.2)
+            assert_each_ended_once(ledger, jobs)
+            for role in roles:
+                assert role.proc.poll() is None, f"{role.args} exited: {role.output()[-2000:]}"
+                # The outage is told in a line or two, never with a traceback.
+                assert not [line for line in log_lines(role) if "exception" in line]
+        finally:
+            for role in roles:
+                role.terminate(timeout_s=20)
+            roles.clear()
+            ledger.close()

@@ -1,0 +1,22 @@
+"""What an outage of PostgreSQL or Redis raises, and how it is told in a log line.
+
+A part that meets one of these waits and tries again: the state it needs is
+in the ledger, and nothing is lost by waiting. It says so in one line per
+outage, not with a traceback every time it tries.
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ledger import DATABASE_DOWN
+
+REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+OUTAGES: tuple[type[Exception], ...] = (*DATABASE_DOWN, *REDIS_DOWN)
+
+
+def first_line(error: BaseException) -> str:
+    """The error in one line (psycopg's messages run over several)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
