@@ -1,5 +1,5 @@
 """`jobledger api` as a real process: the quota under 200 concurrent POSTs, a schemathesis
-run against its OpenAPI document, `keys create`, and the request log."""
+run against its OpenAPI document, `keys create`, the request log, and a PostgreSQL crash."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from schemathesis.specs.openapi.checks import (
 from ledger import Settings
 from tests import api_server
 from tests.api_server import key_for, projector_process, server_process
+from tests.control_plane_support import JOBLEDGER, private_postgres, wait_for
 
 ECHO = {"type": "diag.echo", "payload": {}}
 
@@ -159,3 +160,36 @@ def test_keys_create_prints_a_working_key_and_the_log_holds_no_secret(
     assert requests[-3]["org"] == "acme"
     assert key not in log.read_text()
     assert "Bearer" not in log.read_text()
+
+
+def test_while_postgresql_is_down_the_api_answers_503_and_serves_again_once_it_is_back(
+    env: dict[str, str],
+) -> None:
+    """Never a 500 or a lost acknowledgement: 503 with Retry-After, then business as usual."""
+    with private_postgres() as pg:
+        env = {**env, "DATABASE_URL": pg.url("jobledger")}
+        subprocess.run([*JOBLEDGER, "migrate"], env=env, check=True, capture_output=True)
+        headers = key_for(env["DATABASE_URL"], "acme")
+        with server_process(env) as url, httpx.Client(base_url=url, headers=headers) as c:
+            before = c.post("/api/jobs", json=ECHO)
+            assert before.status_code == 201
+            pg.stop("immediate")
+            for answer in (
+                c.post("/api/jobs", json=ECHO),
+                c.get(before.headers["location"]),
+                c.get("/api/jobs"),
+            ):
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["status_code"] == 503
+                assert answer.headers["retry-after"] == "1"
+            assert c.get("/ready").status_code == 503
+            assert c.get("/health").status_code == 200
+            pg.start()
+            after = wait_for(
+                lambda: (r := c.post("/api/jobs", json=ECHO)).status_code == 201 and r,
+                15,
+                "the API to take submissions again",
+                every_s=0.2,
+            )
+            for job in (before, after):
+                assert c.get(job.headers["location"]).status_code == 200
