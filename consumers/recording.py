@@ -59,7 +59,11 @@ class Recorder:
             self.policies[name] = kind.policy(self.retry_delays_s)
 
     async def start(self, jobs: Sequence[Job]) -> list[Job | None]:
-        """Start an attempt of each job (as the messages carry them), all in one append."""
+        """Start an attempt of each job (as the messages carry them), all in one append.
+
+        Raises one of `DATABASE_DOWN` if the ledger stayed unreachable through
+        every round: the caller still holds the messages and can hand them back.
+        """
         now = utc_now()
 
         def decide(job: Job) -> list[JobEvent]:
@@ -81,7 +85,13 @@ class Recorder:
             for attempt, outcome in ended
             if _keep(outcome)
         ]
-        results = iter(await self._append_all(items))
+        try:
+            recorded = await self._append_all(items)
+        except DATABASE_DOWN:
+            # The jobs stay `running` in the ledger; once their leases run out
+            # the reaper records the attempts as lost and they are retried.
+            recorded = [None] * len(items)
+        results = iter(recorded)
         return [next(results) if _keep(outcome) else None for _, outcome in ended]
 
     def _decider(self, attempt: Attempt, outcome: Outcome, now: datetime) -> Decide:
@@ -99,6 +109,7 @@ class Recorder:
         """Decide and append every item; read back only the jobs that moved on."""
         results: dict[int, Job | None] = {}
         held, reread = _partition(items)
+        outage: BaseException | None = None
         for _ in range(ROUNDS):
             if reread:
                 held.update(await self._read_back(items, reread))
@@ -126,6 +137,7 @@ class Recorder:
                     changes=len(decided),
                     error=first_line(e),
                 )
+                outage = e
                 await anyio.sleep(1.0)
                 held = {i: held[i] for i in decided}
                 continue
@@ -134,10 +146,13 @@ class Recorder:
                 await anyio.sleep(1.0)
                 held = {i: held[i] for i in decided}
                 continue
+            outage = None
             results.update(zip(decided, after, strict=True))
             held = {}
             if not reread:
                 break
+        if held and outage is not None:
+            raise outage
         return [results.get(i) for i in range(len(items))]
 
     async def _moved(self, held: dict[int, Job]) -> list[int]:

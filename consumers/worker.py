@@ -17,6 +17,7 @@ meanwhile (the reaper declared it lost) is stopped and its result dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -38,7 +39,7 @@ from consumers.attempts import Attempt, Outcome
 from consumers.outages import OUTAGES, REDIS_DOWN, first_line
 from consumers.recording import Recorder
 from consumers.streams import GROUP, Message, Streams
-from ledger import BatchWriter, Job, Ledger, Registry
+from ledger import DATABASE_DOWN, BatchWriter, Job, Ledger, Registry
 
 log = structlog.get_logger("jobledger.worker")
 T = TypeVar("T")
@@ -312,6 +313,16 @@ class Worker:
         fresh = [i for i, m in enumerate(messages) if m.job.id not in self.active]
         try:
             recorded = await self.recorder.start([messages[i].job for i in fresh])
+        except DATABASE_DOWN as e:
+            # Back to the stream, to start as soon as the ledger is back (left
+            # pending, they would wait for the reaper's claim, a lease later).
+            log.warning("starts not recorded: ledger unreachable", error=first_line(e))
+            for _ in messages:
+                self._release_slot()
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.streams.publish([m.job for m in messages])
+                await ack(self.streams, messages)
+            return
         except Exception:
             # The messages stay pending in the stream and are claimed again later.
             log.exception("attempt_start_failed", messages=len(messages))
