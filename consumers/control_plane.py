@@ -20,7 +20,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from consumers.dispatcher import Dispatcher, LedgerListener
-from consumers.outages import OUTAGES
+from consumers.outages import OUTAGES, first_line
 from consumers.reaper import Reaper
 from consumers.reconcile import RedisWatch
 from consumers.streams import StreamKeys, Streams
@@ -57,16 +57,22 @@ class ControlPlane:
     restart_after_s: float = 1.0
     reconcile_interval_s: float = 30.0
     parts: dict[str, Any] = field(default_factory=dict)
+    down: bool = False  # in an outage, already told
 
     async def run(self) -> None:
         while True:
             try:
                 await self._lead_once()
             except Exception as e:
-                if _is_outage(e):  # expected now and then: one line, no traceback
-                    log.warning("database or redis unreachable; restarting", error=_first_line(e))
+                if _is_outage(e):  # expected now and then: one line an outage, no traceback
+                    if not self.down:
+                        log.warning(
+                            "database or redis unreachable; retrying every second",
+                            error=first_line(e),
+                        )
+                    self.down = True
                 else:
-                    log.exception("control plane failed; restarting", error=_first_line(e))
+                    log.exception("control plane failed; restarting", error=first_line(e))
                 await anyio.sleep(self.restart_after_s)
 
     async def _lead_once(self) -> None:
@@ -74,6 +80,9 @@ class ControlPlane:
         try:
             async with Leadership(self.settings.database_url, LOCK_NAME) as lead:
                 log.info("leading", role=LOCK_NAME)
+                if self.down:  # the database is back: its old connections are dead
+                    await anyio.to_thread.run_sync(self.ledger.discard_broken_connections)
+                    self.down = False
                 async with anyio.create_task_group() as tg:
                     self._start_parts(tg, client)
                     while await lead.still_held():  # noqa: ASYNC110  (polls a connection)
@@ -112,10 +121,3 @@ def _is_outage(e: BaseException) -> bool:
     if isinstance(e, BaseExceptionGroup):
         return all(_is_outage(inner) for inner in e.exceptions)
     return isinstance(e, OUTAGES)
-
-
-def _first_line(e: BaseException) -> str:
-    if isinstance(e, BaseExceptionGroup) and e.exceptions:
-        return _first_line(e.exceptions[0])
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"

@@ -17,6 +17,8 @@ OUTAGES: tuple[type[Exception], ...] = (*DATABASE_DOWN, *REDIS_DOWN)
 
 
 def first_line(error: BaseException) -> str:
-    """The error in one line (psycopg's messages run over several)."""
+    """The error in one line (psycopg's messages run over several; a group names its first)."""
+    if isinstance(error, BaseExceptionGroup) and error.exceptions:
+        return first_line(error.exceptions[0])
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -388,7 +388,7 @@ class Worker:
                     await self.streams.touch(self.name, messages)
             except OUTAGES as e:
                 if not outage:
-                    log.warning("leases not renewed: an outage", error=first_line(e))
+                    log.warning("leases not renewed: ledger or redis down", error=first_line(e))
                 outage = True
                 continue
             except Exception:

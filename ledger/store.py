@@ -189,6 +189,14 @@ class Ledger:
         with self.datastore.get_connection() as conn:
             yield conn
 
+    def discard_broken_connections(self) -> None:
+        """Once the database is back after an outage: drop every pooled connection it closed.
+
+        The pool learns that a connection is dead only by using it, so each
+        stale one would otherwise fail one caller in turn.
+        """
+        self.datastore.pool.check()
+
     # ------------------------------------------------------------ writing
 
     def append(self, changes: Sequence[Change]) -> list[Job]:

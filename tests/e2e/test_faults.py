@@ -335,6 +335,9 @@ def test_every_job_ends_exactly_once_when_postgresql_crashes_mid_run(
                 assert role.proc.poll() is None, f"{role.args} exited: {role.output()[-2000:]}"
                 # The outage is told in a line or two, never with a traceback.
                 assert not [line for line in log_lines(role) if "exception" in line]
+            [dispatcher] = [r for r in roles if r.args == ["dispatcher"]]
+            told = logged(dispatcher, "database or redis unreachable; retrying every second")
+            assert len(told) == 1, [(t["timestamp"], t["error"]) for t in told]  # not once a second
         finally:
             for role in roles:
                 role.terminate(timeout_s=20)
