@@ -397,6 +397,7 @@ class Worker:
             if outage:
                 log.info("leases renewed again")
                 outage = False
+                await anyio.to_thread.run_sync(self.ledger.discard_broken_connections)
             for attempt in held:
                 row = rows.get(attempt.job.id)
                 if row is None:
