@@ -20,7 +20,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from consumers.dispatcher import Dispatcher, LedgerListener
-from consumers.outages import OUTAGES, first_line
+from consumers.outages import first_line, is_outage
 from consumers.reaper import Reaper
 from consumers.reconcile import RedisWatch
 from consumers.streams import StreamKeys, Streams
@@ -64,7 +64,7 @@ class ControlPlane:
             try:
                 await self._lead_once()
             except Exception as e:
-                if _is_outage(e):  # expected now and then: one line an outage, no traceback
+                if is_outage(e):  # expected now and then: one line an outage, no traceback
                     if not self.down:
                         log.warning(
                             "database or redis unreachable; retrying every second",
@@ -115,9 +115,3 @@ class ControlPlane:
         }
         for part in self.parts.values():
             tg.start_soon(part.run)
-
-
-def _is_outage(e: BaseException) -> bool:
-    if isinstance(e, BaseExceptionGroup):
-        return all(_is_outage(inner) for inner in e.exceptions)
-    return isinstance(e, OUTAGES)

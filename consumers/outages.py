@@ -16,6 +16,13 @@ REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutErr
 OUTAGES: tuple[type[Exception], ...] = (*DATABASE_DOWN, *REDIS_DOWN)
 
 
+def is_outage(error: BaseException) -> bool:
+    """Whether the error (every one of a group's) is an outage."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(is_outage(inner) for inner in error.exceptions)
+    return isinstance(error, OUTAGES)
+
+
 def first_line(error: BaseException) -> str:
     """The error in one line (psycopg's messages run over several; a group names its first)."""
     if isinstance(error, BaseExceptionGroup) and error.exceptions:

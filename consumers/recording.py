@@ -131,18 +131,16 @@ class Recorder:
                 reread += moved
                 held = {i: held[i] for i in decided if i not in moved}
                 continue
-            except DATABASE_DOWN as e:
-                log.warning(
-                    "ledger unreachable; appending again in 1 s",
-                    changes=len(decided),
-                    error=first_line(e),
-                )
-                outage = e
-                await anyio.sleep(1.0)
-                held = {i: held[i] for i in decided}
-                continue
-            except Exception:
-                log.exception("ledger_append_failed", changes=len(decided))
+            except Exception as e:
+                outage = e if isinstance(e, DATABASE_DOWN) else None
+                if outage is not None:
+                    log.warning(
+                        "ledger unreachable; appending again in 1 s",
+                        changes=len(decided),
+                        error=first_line(e),
+                    )
+                else:
+                    log.exception("ledger_append_failed", changes=len(decided))
                 await anyio.sleep(1.0)
                 held = {i: held[i] for i in decided}
                 continue

@@ -27,6 +27,7 @@ import psycopg
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ledger.database import DATABASE_DOWN
 from ledger.domain.errors import ConcurrencyConflict, QuotaExceeded
 from ledger.domain.job import Job, JobSpec
 from ledger.store import Change, Ledger
@@ -162,7 +163,7 @@ class BatchWriter:
                 conn = await self._connect()
                 hand_over = self._hand_over if self.ledger.async_publisher is not None else None
                 return await self.ledger.append_async(changes, conn, hand_over=hand_over)
-            except (psycopg.OperationalError, psycopg.InterfaceError):
+            except DATABASE_DOWN:
                 await self._disconnect()
                 if attempt == RECONNECT_ATTEMPTS - 1:
                     raise
